@@ -1,0 +1,3 @@
+from hf_lightning.cli import main
+
+main()

@@ -1,0 +1,40 @@
+"""Write the trained model in Hugging Face format when fit ends.
+
+A Lightning checkpoint is for resuming; people deploy ``save_pretrained`` folders. This callback
+writes one (model + tokenizer) that ``AutoModelFor...from_pretrained`` loads without hf_lightning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
+
+__all__ = ["HFExportCallback"]
+
+
+class HFExportCallback(pl.Callback):
+    """Save ``pl_module.model`` (and the data module's tokenizer) with ``save_pretrained`` after fit.
+
+    Args:
+        dirpath: where to write; default ``<log dir>/hf_model``.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+        self.saved_to: Path | None = None
+
+    def _target(self, trainer: pl.Trainer) -> Path:
+        if self.dirpath:
+            return Path(self.dirpath)
+        base = trainer.log_dir or trainer.default_root_dir
+        return Path(base) / "hf_model"
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None) if trainer.datamodule is not None else None
+        target = trainer.strategy.broadcast(str(self._target(trainer)))
+        written = pl_module.save_hf_pretrained(target, processing_class=tokenizer)
+        self.saved_to = Path(target)
+        if written is not None:
+            rank_zero_info(f"Saved the model in Hugging Face format to {Path(target).resolve()}")

@@ -1,0 +1,400 @@
+"""Crash-safe checkpoint directories: a checkpoint is either complete on disk or not there at all.
+
+A run killed while saving (OOM killer, preemption, Ctrl-C twice) must not leave a ``checkpoint-N``
+directory that looks valid but holds a truncated file, because ``resume_from_checkpoint=True``
+would pick it as the latest and fail, or worse, load garbage. The rules used here:
+
+* A checkpoint is written into a hidden sibling ``.tmp-<name>-<pid>``; every file and the directory
+  are fsynced, then a ``.complete`` marker (JSON: step, time, a size manifest of the files) is
+  written last, and only then is the directory renamed to its final name. Rename is atomic within a
+  file system, so readers see either the old state or the whole new checkpoint.
+* A directory counts as a checkpoint only if its marker is present and every file the manifest
+  names still has the recorded size (:func:`is_complete_checkpoint`).
+* Deleting is also done by renaming to a hidden ``.tmp-`` name first, so a crash mid-delete leaves
+  no half-deleted directory that still carries a marker.
+* :func:`cleanup_incomplete` finishes what a crash interrupted: temporary directories that are
+  complete but never got renamed (the crash hit between the last two renames) are moved into
+  place; everything else hidden and stale is removed.
+
+torch is imported lazily (only :func:`atomic_torch_save` needs it) so that tools that only look
+at checkpoint directories start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from hf_lightning.errors import ConfigError
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "TMP_PREFIX",
+    "atomic_directory",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "checkpoint_step",
+    "cleanup_incomplete",
+    "is_complete_checkpoint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "rotate_checkpoints",
+    "validate_resume_path",
+]
+
+#: Name of the marker written last into a finished checkpoint directory.
+COMPLETE_MARKER = ".complete"
+#: Prefix of every temporary or being-deleted entry; :func:`cleanup_incomplete` owns these names.
+TMP_PREFIX = ".tmp-"
+_OLD_SUFFIX = ".old"  # a previous checkpoint moved aside while its replacement is renamed in
+_DEL_SUFFIX = ".del"  # a checkpoint renamed away before it is deleted
+_TMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)(?P<suffix>(?:\.old|\.del)\d*)?$")
+
+PathLike = str | os.PathLike[str]
+
+
+# ---------------------------------------------------------------------------- fsync helpers
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a directory's entries (creations, renames); a no-op where directories can't be opened."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> dict[str, int]:
+    """Fsync every file and directory under ``root``; return the manifest ``{relative path: size}``."""
+    manifest: dict[str, int] = {}
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for filename in filenames:
+            file_path = Path(dirpath, filename)
+            if file_path == root / COMPLETE_MARKER:
+                continue  # rewritten by atomic_directory itself; its old size must not be recorded
+            with open(file_path, "rb") as handle:
+                os.fsync(handle.fileno())
+            manifest[file_path.relative_to(root).as_posix()] = file_path.stat().st_size
+        _fsync_dir(Path(dirpath))
+    return manifest
+
+
+def _unique_hidden(parent: Path, name: str, suffix: str) -> Path:
+    base = parent / f"{TMP_PREFIX}{name}-{os.getpid()}{suffix}"
+    if not base.exists():
+        return base
+    for attempt in range(1, 10_000):
+        candidate = parent / f"{TMP_PREFIX}{name}-{os.getpid()}{suffix}{attempt}"
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(f"no free temporary name for {name} in {parent}")
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a directory so that no crash can leave it half-deleted under its own name."""
+    doomed = _unique_hidden(path.parent, path.name, _DEL_SUFFIX)
+    os.replace(path, doomed)
+    _fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that the file holds either its old content or all of ``data``.
+
+    Writes a hidden temporary sibling, fsyncs it, renames it over ``path`` and fsyncs the parent
+    directory so the rename itself survives a power loss.
+    """
+    target = Path(path)
+    tmp = target.parent / f"{TMP_PREFIX}{target.name}-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` with the same all-or-nothing guarantee as :func:`atomic_write_bytes`.
+
+    Streams into the temporary file instead of building the bytes in memory, because model state
+    can be larger than the free RAM.
+    """
+    import torch
+
+    target = Path(path)
+    tmp = target.parent / f"{TMP_PREFIX}{target.name}-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def checkpoint_step(path: PathLike, prefix: str = "checkpoint") -> int | None:
+    """The ``N`` of a ``<prefix>-N`` directory name, or None when the name does not match."""
+    match = re.fullmatch(rf"{re.escape(prefix)}-(\d+)", Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+@contextlib.contextmanager
+def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and move it to ``final_path`` only if the block succeeds.
+
+    Yields the temporary directory to write into. On a clean exit every file is fsynced, the
+    ``.complete`` marker is written (``step`` parsed from a ``-N`` name suffix unless ``metadata``
+    gives one, ``time``, ``files`` manifest, plus ``metadata``), and the directory replaces
+    ``final_path``; an existing ``final_path`` is moved aside first and deleted afterwards. If the
+    block raises, the temporary directory is removed and ``final_path`` is untouched.
+
+    Only one process may write a given ``final_path`` at a time (in DDP: rank 0).
+    """
+    final = Path(final_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    if tmp.exists():  # left by an earlier crashed attempt of a process that had our pid
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        manifest = _fsync_tree(tmp)
+        step = re.search(r"-(\d+)$", final.name)
+        marker: dict[str, Any] = {"step": int(step.group(1)) if step else None, "time": time.time()}
+        marker.update(metadata or {})
+        marker["files"] = manifest
+        with open(tmp / COMPLETE_MARKER, "w", encoding="utf-8") as handle:
+            json.dump(marker, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    old: Path | None = None
+    if final.exists():
+        old = _unique_hidden(final.parent, final.name, _OLD_SUFFIX)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- inspection
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    """The parsed marker; ``{}`` for an empty marker (a user vouching for a foreign checkpoint); None if bad."""
+    try:
+        text = (path / COMPLETE_MARKER).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+        return None
+    if not text.strip():
+        return {}
+    try:
+        marker = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _check_complete(path: Path) -> str | None:
+    """None if ``path`` is a complete checkpoint directory, else why not (for error messages)."""
+    if not path.is_dir():
+        return "is not a directory"
+    marker = _read_marker(path)
+    if marker is None:
+        return f"has no valid {COMPLETE_MARKER} marker, so it was not completely written (or is corrupt)"
+    files = marker.get("files", {})
+    if not isinstance(files, dict):
+        return f"has a corrupt {COMPLETE_MARKER} marker"
+    for relative, size in files.items():
+        file_path = path / relative
+        try:
+            actual = file_path.stat().st_size
+        except FileNotFoundError:
+            return f"is missing {relative}, which was part of the checkpoint when it was written"
+        if actual != size:
+            return f"has {relative} with {actual} bytes where {size} were written (truncated or changed)"
+    return None
+
+
+def is_complete_checkpoint(path: PathLike) -> bool:
+    """True if ``path`` is a directory with a valid marker whose manifest files all have their sizes."""
+    return _check_complete(Path(path)) is None
+
+
+def list_checkpoints(
+    output_dir: PathLike, prefix: str = "checkpoint", include_incomplete: bool = False
+) -> list[Path]:
+    """``<prefix>-N`` directories in ``output_dir``, oldest step first; complete ones unless asked."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found: list[tuple[int, Path]] = []
+    for entry in root.iterdir():
+        step = checkpoint_step(entry, prefix)
+        if step is None or not entry.is_dir():
+            continue
+        if include_incomplete or is_complete_checkpoint(entry):
+            found.append((step, entry))
+    return [path for _step, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: PathLike, prefix: str = "checkpoint") -> Path | None:
+    """The complete checkpoint with the highest step, or None; what ``resume_from_checkpoint=True`` means."""
+    checkpoints = list_checkpoints(output_dir, prefix)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers are stale by definition when we are cleaning up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def cleanup_incomplete(output_dir: PathLike) -> list[Path]:
+    """Finish or undo what a crash interrupted in ``output_dir``; return the entries removed.
+
+    Call it once at startup, on one rank, before listing checkpoints. Hidden entries of a process
+    that is still alive on this machine are left alone (another run may be writing into the same
+    directory); the pid check cannot see other machines, so on a shared file system do not run two
+    jobs on one ``output_dir``. A complete temporary directory whose final name is missing is
+    renamed into place instead of deleted: the crash came after it was fully written.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+
+    def stale_hidden() -> list[tuple[Path, re.Match[str] | None]]:
+        found = []
+        for entry in sorted(root.iterdir(), key=lambda p: p.name):
+            if not entry.name.startswith(TMP_PREFIX):
+                continue
+            match = _TMP_RE.match(entry.name)
+            if match is None or not _pid_alive(int(match.group("pid"))):
+                found.append((entry, match))
+        return found
+
+    # Promote first (new copies before moved-aside old ones), so that an old copy is only deleted
+    # once its replacement is in place.
+    for wanted in ("", _OLD_SUFFIX):
+        for entry, match in stale_hidden():
+            if match is None or (match.group("suffix") or "")[:4] != wanted:
+                continue
+            final = root / match.group("name")
+            if entry.is_dir() and not final.exists() and is_complete_checkpoint(entry):
+                os.replace(entry, final)
+                _fsync_dir(root)
+    removed: list[Path] = []
+    for entry, _match in stale_hidden():
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+# ---------------------------------------------------------------------------- policies
+
+
+def rotate_checkpoints(
+    output_dir: PathLike,
+    save_total_limit: int | None,
+    protect: Iterable[PathLike] = (),
+    prefix: str = "checkpoint",
+) -> list[Path]:
+    """Delete the oldest complete checkpoints so that about ``save_total_limit`` remain; return the deleted.
+
+    Follows ``transformers.TrainingArguments.save_total_limit``: ``None`` or ``<= 0`` keeps all;
+    protected checkpoints (the best one, the one this run resumed from) count towards the limit but
+    are never deleted, and the newest checkpoint is always kept so that the run can resume. With a
+    limit of 1 and a best checkpoint that is not the newest, both stay. Incomplete directories are
+    neither counted nor touched; :func:`cleanup_incomplete` deals with those.
+    """
+    if save_total_limit is None or save_total_limit <= 0:
+        return []
+    checkpoints = list_checkpoints(output_dir, prefix)
+    if not checkpoints:
+        return []
+    protected = {Path(p).resolve() for p in protect}
+    keep = {p for p in checkpoints if p.resolve() in protected}
+    keep.add(checkpoints[-1])
+    for candidate in reversed(checkpoints):
+        if len(keep) >= save_total_limit:
+            break
+        keep.add(candidate)
+    deleted = []
+    for path in checkpoints:  # oldest first, so an interruption leaves the newest ones
+        if path not in keep:
+            _remove_dir(path)
+            deleted.append(path)
+    return deleted
+
+
+def validate_resume_path(path: PathLike) -> Path:
+    """Check a ``resume_from_checkpoint`` value before any expensive work; return it as a Path.
+
+    Accepts a complete checkpoint directory, or a file inside one (Lightning's ``ckpt_path`` is a
+    file). A directory without a marker was interrupted while being written or comes from a tool
+    that does not write markers; both are refused rather than guessed at.
+    """
+    if isinstance(path, bool):
+        raise ConfigError(
+            "resume_from_checkpoint",
+            f"{path!r} is not a path",
+            "resolve True to latest_checkpoint(output_dir) before validating",
+        )
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise ConfigError(
+            "resume_from_checkpoint",
+            f"{str(resolved)!r} does not exist",
+            "pass an existing checkpoint-N directory from output_dir, or True to resume from the latest one",
+        )
+    directory = resolved.parent if resolved.is_file() else resolved
+    problem = _check_complete(directory)
+    if problem is not None:
+        raise ConfigError(
+            "resume_from_checkpoint",
+            f"{str(directory)!r} {problem}",
+            "resume from an earlier checkpoint (latest_checkpoint(output_dir) skips incomplete ones); if a "
+            f"different tool wrote this directory and you trust it, create an empty {COMPLETE_MARKER} file in it",
+        )
+    return resolved

@@ -1,0 +1,134 @@
+"""``hf-lightning``: the LightningCLI front door (fit / validate / test / predict).
+
+Plain LightningCLI with three additions: the data module's facts (labels, vocabulary, pad id) are
+linked into the model so they are typed once; every error a user can cause is printed as one line
+(``error: <field>: <problem>. Fix: <fix>``) with exit code 2 instead of ~65 lines of usage or a
+traceback; and the trainer defaults that exact resume and HF export need are switched on.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, NoReturn
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from hf_lightning.callbacks.hf_export import HFExportCallback
+from hf_lightning.data import HFDataModule
+from hf_lightning.errors import ConfigError
+from hf_lightning.module import HFLightningModule
+
+__all__ = ["HFLightningCLI", "OneLineErrorParser", "main", "run_cli"]
+
+# Links: source on the data module -> target on the model. Targets are filled at instantiation;
+# writing them in YAML would be silently overridden, so we refuse it (see _check_link_targets).
+LINKS = {
+    "data.num_labels": "model.num_labels",
+    "data.id2label": "model.id2label",
+    "data.vocab_size": "model.vocab_size",
+    "data.pad_token_id": "model.pad_token_id",
+}
+
+
+def one_line(message: str) -> str:
+    """Collapse a jsonargparse message (often several indented lines) into one readable line."""
+    lines = [ln.strip(" -") for ln in str(message).splitlines() if ln.strip()]
+    text = " ".join(lines)
+    text = re.sub(r"\s+", " ", text)
+    return text[:400]
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """A parser whose user-facing errors are one line; internal (non-exiting) parsing is unchanged."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # else --trainer.max_epoch is silently accepted
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        sys.stderr.write(f"error: {with_fix(one_line(message))}\n")
+        sys.exit(2)
+
+
+def with_fix(message: str) -> str:
+    """Append the usual fix to jsonargparse's messages, which name the key but not the remedy."""
+    if "Fix:" in message:
+        return message
+    if message.startswith("unrecognized arguments"):
+        return f"{message}. Fix: check the key's spelling; 'hf-lightning fit --help' lists every key"
+    if "Expected a" in message or "Does not validate" in message:
+        return f"{message}. Fix: give a value of the expected type"
+    return f"{message}. Fix: see 'hf-lightning fit --help'"
+
+
+class HFLightningCLI(LightningCLI):
+    """LightningCLI for HFLightningModule + HFDataModule."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.task", "data.task")
+        for source, target in LINKS.items():
+            parser.link_arguments(source, target, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        self._check_link_targets()
+
+    def _check_link_targets(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        model = config.get("model") if config is not None else None
+        for source, target in LINKS.items():
+            key = target.split(".", 1)[1]
+            if model is not None and model.get(key) is not None:
+                raise ConfigError(target, f"is filled from {source} and cannot be set in the config",
+                                  f"remove {target}; set the data module's labels/tokenizer instead")
+        data = config.get("data") if config is not None else None
+        if model is not None and data is not None and data.get("task") not in (None, model.get("task")):
+            raise ConfigError("data.task", "is linked from model.task", "set model.task only")
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ConfigError as err:
+            _exit_one_line(str(err))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except ConfigError as err:
+            _exit_one_line(str(err))
+
+
+def _exit_one_line(message: str) -> NoReturn:
+    sys.stderr.write(f"error: {one_line(message)}\n")
+    sys.exit(2)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point (``hf-lightning``, ``python -m hf_lightning``)."""
+    run_cli(args)
+
+
+def run_cli(args: list[str] | None = None) -> HFLightningCLI:
+    """Build and run the CLI; returns it so tests and notebooks can inspect the trainer and model."""
+    try:
+        return HFLightningCLI(
+            HFLightningModule,
+            HFDataModule,
+            trainer_defaults={
+                # The sampler splits data by rank itself and remembers its position for exact resume.
+                "use_distributed_sampler": False,
+                "callbacks": [HFExportCallback()],
+            },
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_class=OneLineErrorParser,
+            args=args,
+        )
+    except ConfigError as err:
+        _exit_one_line(str(err))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Offline quickstart assets: a synthetic sentiment dataset and a matching word-level tokenizer."""

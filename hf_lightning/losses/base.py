@@ -1,0 +1,59 @@
+"""The contract every loss in ``hf_lightning.losses`` follows.
+
+A loss runs the model itself (distillation runs a teacher, contrastive runs two views), and returns
+the **mean over the micro-batch's items** together with the model outputs. The module multiplies
+that mean by the item count (``count_items``) and normalises the gradients once per optimizer step
+by the item count of the whole accumulation window over all ranks. That is what makes 4 micro-batches
+of 2 equal one batch of 8 for every loss here, padding included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["IGNORE_INDEX", "ModelLoss", "count_label_items"]
+
+IGNORE_INDEX = -100
+
+
+def count_label_items(labels: torch.Tensor | None, shift: bool = False, batch_size: int = 1) -> torch.Tensor:
+    """Number of scored items in a micro-batch.
+
+    labels: (B,) or (B, L) with IGNORE_INDEX on unscored positions, or None (then ``batch_size``).
+    With ``shift`` (causal LM) the first position of each row is never scored.
+    """
+    if labels is None:
+        return torch.tensor(batch_size)
+    if shift and labels.dim() > 1:
+        labels = labels[..., 1:]
+    return (labels != IGNORE_INDEX).sum()
+
+
+class ModelLoss(nn.Module):
+    """Base class: run the model on a batch and return ``(mean_loss, outputs)``.
+
+    Subclasses override ``loss_from_logits`` for the common "logits vs labels" case, or ``forward``
+    when they need more than one forward pass.
+    """
+
+    shift_labels: bool = False
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        inputs = dict(batch)
+        labels = inputs.pop("labels", None)
+        outputs = model(**inputs)
+        loss = self.loss_from_logits(outputs.logits, labels)
+        return loss, outputs
+
+    def loss_from_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def count_items(self, batch: dict[str, Any]) -> torch.Tensor:
+        """How many items ``forward``'s mean is over (non-ignored labels by default)."""
+        labels = batch.get("labels")
+        first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+        batch_size = first.shape[0] if first is not None else 1
+        return count_label_items(labels, self.shift_labels, batch_size)

@@ -1,0 +1,130 @@
+"""Build a Hugging Face model from whatever the user has: a name, a directory, a config, an instance.
+
+Loading is where offline machines hurt most: a Hub name without network retries for ~26 s and
+then fails with a long traceback. We check up front and fail in one line instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+import transformers
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+
+from hf_lightning.errors import ConfigError
+from hf_lightning.tasks import task_spec
+
+__all__ = ["ModelSpec", "build_model", "check_config_keys", "hub_offline", "resolve_local_or_hub"]
+
+ModelSpec = str | dict[str, Any] | PretrainedConfig | nn.Module
+
+
+def hub_offline() -> bool:
+    """True when the Hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set)."""
+    return any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_local_or_hub(name: str, field: str = "model") -> str:
+    """Return ``name`` if it is a usable local directory or a Hub id we may fetch; else fail fast.
+
+    A path-looking string (starts with '/', '.', '~' or has an OS separator and exists nowhere)
+    is a missing directory, not a Hub id: say so instead of asking the Hub for it.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(field, f"directory {name!r} has no config.json", "point to a folder written by save_pretrained")
+        return str(path)
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or path.suffix in {".json", ".bin"}
+    if looks_like_path:
+        raise ConfigError(field, f"local path {name!r} does not exist", "check the path, or give a Hub id like 'bert-base-uncased'")
+    if hub_offline():
+        raise ConfigError(
+            field,
+            f"{name!r} is not a local directory and the Hub is offline (HF_HUB_OFFLINE=1)",
+            "download it once with save_pretrained into a local folder and pass that folder",
+        )
+    return name
+
+
+def check_config_keys(config_cls: type[PretrainedConfig], keys: dict[str, Any], field: str = "model") -> None:
+    """Refuse keys the config class does not know: HF configs silently accept typos (``hiden_size``)."""
+    import inspect
+
+    known = set(config_cls().to_dict()) | set(getattr(config_cls, "attribute_map", {}))
+    for cls in config_cls.__mro__:
+        if isinstance(cls, type) and issubclass(cls, PretrainedConfig):
+            known |= set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+    # Generation and special-token ids are accepted by every config, though not always in to_dict().
+    known |= {"num_labels", "decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
+              "tie_word_embeddings", "torch_dtype", "use_cache", "is_decoder", "add_cross_attention"}
+    unknown = sorted(k for k in keys if k not in known and k != "model_type")
+    if unknown:
+        import difflib
+
+        hints = [difflib.get_close_matches(k, known, n=1) for k in unknown]
+        hint = "; ".join(f"rename {k!r} to {h[0]!r}" for k, h in zip(unknown, hints) if h) or "remove them"
+        raise ConfigError(field, f"unknown {config_cls.__name__} keys {unknown}", hint)
+
+
+def _config_from_dict(spec: dict[str, Any], field: str) -> PretrainedConfig:
+    spec = dict(spec)
+    model_type = spec.pop("model_type", None)
+    if model_type is None:
+        raise ConfigError(field, "a config dict needs 'model_type'", "add e.g. model_type: bert")
+    try:
+        config_cls = AutoConfig.for_model(model_type).__class__
+    except ValueError:
+        raise ConfigError(field, f"unknown model_type {model_type!r}", "use a transformers model type such as bert, gpt2, t5") from None
+    check_config_keys(config_cls, spec, field)
+    return config_cls(**spec)
+
+
+def build_model(
+    model: ModelSpec,
+    task: str,
+    model_kwargs: dict[str, Any] | None = None,
+    field: str = "model",
+) -> nn.Module:
+    """Return a model for ``task``.
+
+    ``model`` may be (a) a Hub id or local directory, loaded with ``from_pretrained``; (b) a config
+    dict with ``model_type`` or a ``PretrainedConfig``, randomly initialised (tests, from-scratch);
+    (c) a model instance, returned as is. ``model_kwargs`` go to ``from_pretrained``/the config
+    (``num_labels``, ``id2label``, ...).
+    """
+    kwargs = dict(model_kwargs or {})
+    if isinstance(model, nn.Module):
+        return model
+    auto_cls = getattr(transformers, task_spec(task).auto_class)
+    if isinstance(model, dict):
+        model = _config_from_dict(model, field)
+    if isinstance(model, PretrainedConfig):
+        config_kwargs = {k: v for k, v in kwargs.items() if k not in {"torch_dtype", "dtype", "attn_implementation"}}
+        for key, value in config_kwargs.items():
+            setattr(model, key, value)
+        return auto_cls.from_config(model)
+    if isinstance(model, str):
+        source = resolve_local_or_hub(model, field)
+        try:
+            return auto_cls.from_pretrained(source, **kwargs)
+        except RuntimeError as err:
+            if "ignore_mismatched_sizes" not in str(err):
+                raise
+            got = kwargs.get("num_labels")
+            raise ConfigError(
+                f"{field}.num_labels",
+                f"the checkpoint's head does not fit {got} labels" if got else "the checkpoint's weights do not fit the model",
+                "set num_labels to match the checkpoint, or pass model_kwargs: {ignore_mismatched_sizes: true} for a new head",
+            ) from None
+        except OSError as err:
+            raise ConfigError(field, f"could not load {model!r} ({str(err).splitlines()[0]})", "check the name or directory") from None
+    raise ConfigError(field, f"unsupported model spec of type {type(model).__name__}", "pass a name, a directory, a config dict or a model")
+
+
+def is_pretrained(model: nn.Module) -> bool:
+    """True for models that can write themselves with ``save_pretrained``."""
+    return isinstance(model, PreTrainedModel) or hasattr(model, "save_pretrained")

@@ -1,0 +1,445 @@
+"""HFLightningModule: any Hugging Face model as a LightningModule.
+
+The module does forward, loss and logging. Accumulation, precision and strategies stay Lightning
+Trainer settings; the only arithmetic we add on top is the token-exact normalisation described in
+``accumulation.py``, so that every loss normalises by the items of the whole accumulation window.
+
+Names follow HF so people coming from ``transformers.Trainer`` find what they expect: ``loss``,
+``learning_rate``, ``grad_norm``, ``epoch``, ``eval_loss``, ``eval_<metric>``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn as nn
+
+from hf_lightning.accumulation import WindowCounter, scale_gradients
+from hf_lightning.errors import ConfigError
+from hf_lightning.losses.base import ModelLoss, count_label_items
+from hf_lightning.metrics import PredictionCollector, build_task_metrics
+from hf_lightning.models import build_model
+from hf_lightning.optim import OptimName, SchedulerName, build_optimizer, build_scheduler
+from hf_lightning.tasks import TaskName, task_spec
+
+__all__ = ["HFLightningModule", "LossResult"]
+
+
+@dataclass
+class LossResult:
+    """What one forward pass yields: the mean loss over ``items`` scored items, and the outputs."""
+
+    loss: torch.Tensor
+    outputs: Any
+    items: torch.Tensor
+
+
+class HFLightningModule(pl.LightningModule):
+    """Wrap a Hugging Face model for training with Lightning.
+
+    Args:
+        model: a Hub id or local directory (``from_pretrained``), a config dict with ``model_type``
+            (random init), or, from Python, a model instance.
+        task: what the model is for; picks the Auto class, label shifting and metrics.
+        model_kwargs: extra keyword arguments for ``from_pretrained`` or the config.
+        loss: a loss from ``hf_lightning.losses`` (focal, distillation, ...); None uses the model's own.
+        label_smoothing_factor: HF's label smoothing, applied when ``loss`` is None.
+        optim: optimizer name as in ``transformers.TrainingArguments.optim``.
+        optim_args: extra optimizer arguments (HF's ``optim_args``), a dict or "k=v,k=v".
+        learning_rate: peak learning rate.
+        weight_decay: applied to all parameters except biases and normalisation weights.
+        adam_beta1: Adam beta1.
+        adam_beta2: Adam beta2.
+        adam_epsilon: Adam epsilon.
+        lr_scheduler_type: scheduler name as in ``transformers.get_scheduler``.
+        lr_scheduler_kwargs: extra scheduler arguments.
+        warmup_steps: warmup optimizer steps; a value below 1 is a ratio of all steps (HF 5).
+        warmup_ratio: the older HF name for a warmup ratio.
+        num_labels: number of classes (linked from the data module in configs).
+        id2label: class names by id (linked from the data module).
+        vocab_size: tokenizer size (linked); a model built from a config gets it, a smaller
+            pretrained embedding is resized to it.
+        pad_token_id: the tokenizer's pad id (linked); set on the model config if it has none.
+        neftune_noise_alpha: NEFTune noise scale; None switches it off.
+        adversarial: FGM settings, e.g. ``{"method": "fgm", "epsilon": 1.0}``.
+        gradient_checkpointing: use the HF model's own (non-reentrant) gradient checkpointing.
+        torch_compile: compile the model's forward with ``torch.compile``.
+        stop_on_nonfinite_loss: stop after this many optimizer steps in a row with a non-finite
+            loss (None: never stop, only keep non-finite values out of the logs).
+    """
+
+    def __init__(
+        self,
+        model: str | dict[str, Any] = "bert-base-uncased",
+        task: TaskName = "sequence-classification",
+        model_kwargs: dict[str, Any] | None = None,
+        loss: ModelLoss | None = None,
+        label_smoothing_factor: float = 0.0,
+        optim: OptimName = "adamw_torch",
+        optim_args: dict[str, Any] | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.0,
+        adam_beta1: float = 0.9,
+        adam_beta2: float = 0.999,
+        adam_epsilon: float = 1e-8,
+        lr_scheduler_type: SchedulerName = "linear",
+        lr_scheduler_kwargs: dict[str, Any] | None = None,
+        warmup_steps: float = 0,
+        warmup_ratio: float | None = None,
+        num_labels: int | None = None,
+        id2label: dict[int, str] | None = None,
+        vocab_size: int | None = None,
+        pad_token_id: int | None = None,
+        neftune_noise_alpha: float | None = None,
+        adversarial: dict[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
+        torch_compile: bool = False,
+        stop_on_nonfinite_loss: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss"] + (["model"] if isinstance(model, nn.Module) else []))
+        self.task = task
+        self.spec = task_spec(task)
+        self.num_labels = num_labels
+        self.model = self._build(model, model_kwargs, num_labels, id2label, vocab_size, pad_token_id)
+        if gradient_checkpointing:
+            self._enable_gradient_checkpointing()
+        if label_smoothing_factor and loss is None:
+            from hf_lightning.losses import LabelSmoothingLoss
+
+            loss = LabelSmoothingLoss(label_smoothing_factor, shift_labels=self.spec.shift_labels)
+        self.loss_fn = loss
+        self.adversarial = self._check_adversarial(adversarial)
+        if neftune_noise_alpha is not None and neftune_noise_alpha <= 0:
+            raise ConfigError("neftune_noise_alpha", f"must be > 0, got {neftune_noise_alpha}", "use e.g. 5.0, or null to disable")
+        self.neftune_noise_alpha = neftune_noise_alpha
+        self.torch_compile = torch_compile
+        self.stop_on_nonfinite_loss = stop_on_nonfinite_loss
+        labels = num_labels or getattr(getattr(self.model, "config", None), "num_labels", None)
+        self.task_metrics = build_task_metrics(task, labels if self.spec.has_num_labels else None)
+        # A user compute_metrics (HF style, numpy in) and its collector; None keeps evaluation streaming.
+        self.compute_metrics = None
+        self.prediction_collector: PredictionCollector | None = None
+        # When True the HF-style facade logs (on its own cadence); the module only feeds the progress bar.
+        self.hf_logging = False
+        self.eval_prefix = "eval"
+        self.last_eval_metrics: dict[str, float] = {}
+        self.last_train_log: dict[str, float] = {}
+        self._train_window = WindowCounter()
+        self._eval_window = WindowCounter()
+        self._backward_done = False
+        self._in_own_backward = False
+        self._current_items: torch.Tensor | None = None
+        self._nonfinite_streak = 0
+        self._sharded = False
+        self._forward_model: nn.Module | None = None
+
+    # ------------------------------------------------------------------ building
+    def _build(self, model, model_kwargs, num_labels, id2label, vocab_size, pad_token_id) -> nn.Module:
+        kwargs = dict(model_kwargs or {})
+        if self.spec.has_num_labels:
+            if num_labels is not None:
+                kwargs.setdefault("num_labels", num_labels)
+            if id2label:
+                id2label = {int(k): v for k, v in id2label.items()}
+                kwargs.setdefault("id2label", id2label)
+                kwargs.setdefault("label2id", {v: k for k, v in id2label.items()})
+        if isinstance(model, dict) and vocab_size is not None:
+            model = {**model, "vocab_size": model.get("vocab_size", vocab_size)}
+        built = build_model(model, self.task, kwargs)
+        config = getattr(built, "config", None)
+        if config is not None and self.spec.has_num_labels and num_labels is not None and config.num_labels != num_labels:
+            raise ConfigError(
+                "model.num_labels",
+                f"the model has {config.num_labels} labels but the data has {num_labels}",
+                "set num_labels to match the data, or use a checkpoint trained for these labels",
+            )
+        if vocab_size is not None and hasattr(built, "get_input_embeddings"):
+            embeddings = built.get_input_embeddings()
+            if embeddings is not None and embeddings.num_embeddings < vocab_size:
+                built.resize_token_embeddings(vocab_size)
+        if config is not None and pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = pad_token_id
+        return built
+
+    def _enable_gradient_checkpointing(self) -> None:
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise ConfigError("gradient_checkpointing", f"{type(self.model).__name__} does not support it", "set it to false")
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    @staticmethod
+    def _check_adversarial(adversarial: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not adversarial:
+            return None
+        method = adversarial.get("method", "fgm")
+        if method != "fgm":
+            raise ConfigError("adversarial.method", f"unknown method {method!r}", "use 'fgm'")
+        unknown = set(adversarial) - {"method", "epsilon", "emb_name"}
+        if unknown:
+            raise ConfigError("adversarial", f"unknown keys {sorted(unknown)}", "use method, epsilon, emb_name")
+        return {"epsilon": float(adversarial.get("epsilon", 1.0)), "emb_name": adversarial.get("emb_name")}
+
+    def configure_model(self) -> None:
+        """Shard with FSDP2 under ``ModelParallelStrategy``; compile if asked. Safe to call twice."""
+        if self._sharded:
+            return
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if strategy is not None and type(strategy).__name__ == "ModelParallelStrategy":
+            from hf_lightning.strategies import fully_shard_hf_model
+
+            fully_shard_hf_model(self.model, mesh=self.device_mesh["data_parallel"])
+        self._sharded = True
+        if self.torch_compile:
+            self._forward_model = torch.compile(self.model)
+
+    @property
+    def forward_model(self) -> nn.Module:
+        """The module to call for forward passes (compiled when ``torch_compile``)."""
+        return self._forward_model if self._forward_model is not None else self.model
+
+    # ------------------------------------------------------------------ forward and loss
+    def forward(self, **inputs: Any) -> Any:
+        return self.forward_model(**inputs)
+
+    def count_items(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Scored items in a micro-batch: non-ignored labels (shifted for causal LMs), else rows."""
+        if self.loss_fn is not None:
+            return self.loss_fn.count_items(batch).to(self.device)
+        labels = batch.get("labels")
+        first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+        rows = first.shape[0] if first is not None else 1
+        return count_label_items(labels, self.spec.shift_labels, rows).to(self.device)
+
+    def compute_loss(self, batch: dict[str, Any]) -> LossResult:
+        """Mean loss over the batch's scored items, the model outputs, and the item count."""
+        items = self.count_items(batch)
+        if self.loss_fn is not None:
+            loss, outputs = self.loss_fn(self.forward_model, batch)
+        else:
+            outputs = self.forward_model(**batch)
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+            if loss is None:
+                raise ConfigError("data", "the model returned no loss", "make sure batches carry a 'labels' column")
+        return LossResult(loss, outputs, items)
+
+    # ------------------------------------------------------------------ training
+    @contextmanager
+    def own_backward(self):
+        """Let code inside ``training_step`` call backward itself (FGM, HF-style ``training_step``).
+
+        Lightning would call backward again on the returned loss; ``backward`` below then skips.
+        Going through ``strategy.backward`` keeps loss scaling (fp16) and DDP hooks intact.
+        """
+        self._in_own_backward = True
+        try:
+            yield
+        finally:
+            self._in_own_backward = False
+            self._backward_done = True
+
+    def backward_now(self, loss: torch.Tensor) -> None:
+        """Backward a summed loss now, through the strategy and precision plugin."""
+        with self.own_backward():
+            self.trainer.strategy.backward(loss, None)
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._backward_done and not self._in_own_backward:
+            return  # training_step already ran its own backward
+        super().backward(loss, *args, **kwargs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self._backward_done = False
+        result = self.compute_loss(batch)
+        self._current_items = result.items
+        loss_sum = result.loss * result.items
+        self._train_window.add(result.items, loss_sum)
+        if self.adversarial is None:
+            return loss_sum
+        from hf_lightning.adversarial import fgm_attack
+
+        self.backward_now(loss_sum)
+        with fgm_attack(self.model, self.adversarial["epsilon"], self.adversarial["emb_name"]):
+            adv = self.compute_loss(batch)
+            self.backward_now(adv.loss * adv.items)
+        return loss_sum.detach()
+
+    def on_train_start(self) -> None:
+        if self.neftune_noise_alpha:
+            from hf_lightning.neftune import activate_neftune
+
+            activate_neftune(self.model, self.neftune_noise_alpha)
+
+    def on_train_end(self) -> None:
+        if self.neftune_noise_alpha:
+            from hf_lightning.neftune import deactivate_neftune
+
+            deactivate_neftune(self.model)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Turn the window's summed gradients into a per-item mean over all ranks (see accumulation.py)."""
+        items, mean_loss = self._train_window.close(self.device)
+        if items > 0:
+            scale_gradients(self.parameters(), self.trainer.accumulate_grad_batches * self.trainer.world_size / items)
+        self._step_loss = mean_loss
+        self._step_lr = optimizer.param_groups[0]["lr"]
+        self._stepped = True
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by norm ourselves so the pre-clip norm can be logged as ``grad_norm`` (as HF does)."""
+        if gradient_clip_algorithm == "value":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            self._grad_norm = None
+        else:
+            params = [p for p in self.parameters() if p.grad is not None]
+            max_norm = gradient_clip_val if gradient_clip_val else math.inf
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+            if hasattr(norm, "full_tensor"):
+                norm = norm.full_tensor()
+            self._grad_norm = float(norm)
+        for callback in self.trainer.callbacks:
+            hook = getattr(callback, "on_gradients_ready", None)
+            if hook is not None:
+                hook(self.trainer, self, optimizer)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not getattr(self, "_stepped", False):
+            return
+        self._stepped = False
+        epoch = self.current_epoch + (batch_idx + 1) / max(self.trainer.num_training_batches, 1)
+        logs = {"loss": self._step_loss, "learning_rate": self._step_lr, "epoch": epoch}
+        if self._grad_norm is not None:
+            logs["grad_norm"] = self._grad_norm
+        self.last_train_log = logs
+        self._track_nonfinite(self._step_loss)
+        finite = {k: v for k, v in logs.items() if math.isfinite(v)}
+        self.log_dict(finite, prog_bar=False, logger=not self.hf_logging, on_step=True, on_epoch=False, batch_size=1)
+        if "loss" in finite:
+            self.log("train_loss", finite["loss"], prog_bar=True, logger=False, on_step=True, batch_size=1)
+
+    def _track_nonfinite(self, loss: float) -> None:
+        self._nonfinite_streak = 0 if math.isfinite(loss) else self._nonfinite_streak + 1
+        limit = self.stop_on_nonfinite_loss
+        if limit is not None and self._nonfinite_streak >= limit:
+            self.trainer.should_stop = True
+            message = (
+                f"stop_on_nonfinite_loss: the loss was non-finite for {self._nonfinite_streak} optimizer steps "
+                f"in a row (step {self.trainer.global_step}). Fix: lower the learning rate, enable gradient "
+                "clipping (max_grad_norm) or use bf16 instead of fp16"
+            )
+            self.nonfinite_stop_message = message
+            pl.utilities.rank_zero_warn(message)
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        result = self.compute_loss(batch)
+        self._eval_window.add(result.items, result.loss.detach() * result.items)
+        logits = getattr(result.outputs, "logits", None)
+        if logits is None and isinstance(result.outputs, dict):
+            logits = result.outputs.get("logits")
+        labels = batch.get("labels")
+        self.task_metrics.update(logits, labels)
+        if self.prediction_collector is not None and logits is not None:
+            self.prediction_collector.update(logits, labels, batch.get("input_ids"))
+        return result.loss
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_window.reset()
+        if self.prediction_collector is not None:
+            self.prediction_collector.reset()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def evaluation_metrics(self) -> dict[str, float]:
+        """Close the evaluation: HF-named metrics without prefix (loss, accuracy, f1, perplexity, ...)."""
+        _, mean_loss = self._eval_window.close(self.device)
+        metrics = {"loss": mean_loss, **self.task_metrics.compute(mean_loss)}
+        if self.compute_metrics is not None and self.prediction_collector is not None:
+            metrics.update(self.compute_metrics(self.prediction_collector.eval_prediction()))
+            self.prediction_collector.reset()
+        return metrics
+
+    def on_validation_epoch_end(self) -> None:
+        prefix = "test" if self.trainer.testing else self.eval_prefix
+        metrics = {f"{prefix}_{k}": float(v) for k, v in self.evaluation_metrics().items() if _is_number(v)}
+        self.last_eval_metrics = metrics
+        if not self.hf_logging:
+            self.log_dict(metrics, prog_bar=True, sync_dist=False, batch_size=1)
+
+    on_test_epoch_end = on_validation_epoch_end
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        outputs = self.forward_model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        out = {"logits": logits}
+        if self.spec.has_num_labels:
+            out["predictions"] = logits.argmax(-1)
+        if "labels" in batch:
+            out["labels"] = batch["labels"]
+        return out
+
+    # ------------------------------------------------------------------ optimizers
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = build_optimizer(
+            self,
+            optim=hp.optim,
+            learning_rate=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            adam_beta1=hp.adam_beta1,
+            adam_beta2=hp.adam_beta2,
+            adam_epsilon=hp.adam_epsilon,
+            optim_args=hp.optim_args,
+            model_for_optimizer=self.model,
+        )
+        scheduler = build_scheduler(
+            optimizer,
+            hp.lr_scheduler_type,
+            num_training_steps=max(int(self.trainer.estimated_stepping_batches), 1),
+            warmup_steps=hp.warmup_steps,
+            warmup_ratio=hp.warmup_ratio,
+            lr_scheduler_kwargs=hp.lr_scheduler_kwargs,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ export
+    def save_hf_pretrained(self, directory: str | Path, processing_class: Any = None) -> Path | None:
+        """Write the model (and tokenizer) in Hugging Face format; a collective under FSDP2.
+
+        Returns the directory on the rank that wrote it, None on the others.
+        """
+        directory = Path(directory)
+        sharded = self._trainer is not None and type(self.trainer.strategy).__name__ == "ModelParallelStrategy"
+        state_dict = None
+        if sharded:
+            from hf_lightning.strategies import export_full_state_dict
+
+            state_dict = export_full_state_dict(self.model)
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return None
+        directory.mkdir(parents=True, exist_ok=True)
+        if sharded:
+            self.model.save_pretrained(directory, state_dict=state_dict)
+        else:
+            self.model.save_pretrained(directory)
+        if processing_class is not None:
+            processing_class.save_pretrained(directory)
+        return directory
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (hasattr(value, "item") and getattr(value, "ndim", 1) == 0)

@@ -1,0 +1,139 @@
+"""Optimizers and schedulers under their Hugging Face names, with HF's weight-decay grouping.
+
+We do not keep our own table of optimizers: transformers already maps every ``optim`` name to a
+class and kwargs (``Trainer.get_optimizer_cls_and_kwargs``) and knows which parameters get weight
+decay (``Trainer.get_decay_parameter_names``). Reusing both gives bit-identical optimizers to
+``transformers.Trainer``, which the parity tests rely on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from types import SimpleNamespace
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from transformers import SchedulerType, Trainer, get_scheduler
+from transformers.training_args import OptimizerNames
+
+from hf_lightning.errors import ConfigError
+
+__all__ = [
+    "OPTIMIZER_NAMES",
+    "SCHEDULER_NAMES",
+    "OptimName",
+    "SchedulerName",
+    "build_optimizer",
+    "build_scheduler",
+    "decay_parameter_groups",
+    "resolve_warmup_steps",
+]
+
+OPTIMIZER_NAMES = tuple(o.value for o in OptimizerNames)
+SCHEDULER_NAMES = tuple(s.value for s in SchedulerType)
+
+# Literal types so that LightningCLI lists the choices in --help and rejects typos at parse time.
+OptimName = Literal[
+    "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop", "ademamix",
+    "lion_32bit", "lion_8bit", "adamw_8bit", "adamw_bnb_8bit", "galore_adamw", "galore_adafactor",
+    "lomo", "adalomo", "grokadamw", "schedule_free_adamw", "schedule_free_sgd", "schedule_free_radam",
+    "apollo_adamw", "stable_adamw", "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit",
+]  # fmt: skip
+SchedulerName = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+]  # fmt: skip
+
+
+def decay_parameter_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], decay_names: set[str], weight_decay: float
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into a decayed and a non-decayed group (HF's grouping)."""
+    params = [(n, p) for n, p in named_parameters if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in params if n in decay_names], "weight_decay": weight_decay},
+        {"params": [p for n, p in params if n not in decay_names], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(
+    module: nn.Module,
+    optim: str = "adamw_torch",
+    learning_rate: float = 5e-5,
+    weight_decay: float = 0.0,
+    adam_beta1: float = 0.9,
+    adam_beta2: float = 0.999,
+    adam_epsilon: float = 1e-8,
+    optim_args: str | dict[str, Any] | None = None,
+    model_for_optimizer: nn.Module | None = None,
+) -> torch.optim.Optimizer:
+    """Build the optimizer HF's Trainer would build for these settings.
+
+    ``module`` owns every trainable parameter (the HF model plus, e.g., learnable loss weights);
+    weight decay skips biases and normalisation weights by HF's own rule.
+    """
+    if optim not in OPTIMIZER_NAMES:
+        import difflib
+
+        close = difflib.get_close_matches(str(optim), OPTIMIZER_NAMES, n=1)
+        fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(OPTIMIZER_NAMES[:6])}, ..."
+        raise ConfigError("optim", f"unknown optimizer {optim!r}", fix)
+    if isinstance(optim_args, dict):
+        optim_args = ",".join(f"{k}={v}" for k, v in optim_args.items())
+    args = SimpleNamespace(
+        optim=optim,
+        optim_args=optim_args,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        adam_beta1=adam_beta1,
+        adam_beta2=adam_beta2,
+        adam_epsilon=adam_epsilon,
+        warmup_steps=0,
+        optim_target_modules=None,
+    )
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model_for_optimizer or module)
+    # HF's rule does not depend on the Trainer instance; call it unbound to stay identical to it.
+    decay_names = set(Trainer.get_decay_parameter_names(None, module))
+    groups = decay_parameter_groups(module.named_parameters(), decay_names, weight_decay)
+    if "params" in optimizer_kwargs:  # GaLore/Apollo build their own groups
+        groups = optimizer_kwargs.pop("params")
+    if "optimizer_dict" in optimizer_kwargs:  # layer-wise optimizers
+        groups = optimizer_kwargs.pop("optimizer_dict")
+    return optimizer_cls(groups, **optimizer_kwargs)
+
+
+def resolve_warmup_steps(warmup_steps: float, warmup_ratio: float | None, num_training_steps: int) -> int:
+    """HF 5 semantics: ``warmup_steps`` below 1 is a ratio of the total; ``warmup_ratio`` is the old name."""
+    if warmup_ratio is not None and warmup_ratio > 0:
+        return math.ceil(num_training_steps * warmup_ratio)
+    if 0 < warmup_steps < 1:
+        return math.ceil(num_training_steps * warmup_steps)
+    return int(warmup_steps)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler_type: str = "linear",
+    num_training_steps: int = 1,
+    warmup_steps: float = 0,
+    warmup_ratio: float | None = None,
+    lr_scheduler_kwargs: dict[str, Any] | None = None,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``transformers.get_scheduler`` with HF's warmup resolution; stepped once per optimizer step."""
+    if lr_scheduler_type not in SCHEDULER_NAMES:
+        import difflib
+
+        close = difflib.get_close_matches(str(lr_scheduler_type), SCHEDULER_NAMES, n=1)
+        fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(SCHEDULER_NAMES)}"
+        raise ConfigError("lr_scheduler_type", f"unknown scheduler {lr_scheduler_type!r}", fix)
+    return get_scheduler(
+        lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=resolve_warmup_steps(warmup_steps, warmup_ratio, num_training_steps),
+        num_training_steps=num_training_steps,
+        scheduler_specific_kwargs=dict(lr_scheduler_kwargs or {}),
+    )

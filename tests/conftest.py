@@ -1,0 +1,62 @@
+"""Shared fixtures: offline mode, one thread, tiny models and data built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_MODELS = {
+    "bert": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 64},
+    "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64},
+    "t5": {"model_type": "t5", "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1,
+           "num_heads": 2, "decoder_start_token_id": 0},
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["HF_LIGHTNING_DEMO_DIR"] = str(tmp_path_factory.mktemp("demo_assets"))
+
+
+@pytest.fixture(scope="session")
+def demo_assets(_session_env: None) -> dict[str, str]:
+    from hf_lightning.demo.tokenizer import ensure_demo_assets
+
+    return ensure_demo_assets()
+
+
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """Small local datasets for every task, written as the file formats users bring."""
+    root = tmp_path_factory.mktemp("task_data")
+    words = "the film was good not bad great dull acting plot ending boring".split()
+    rows = [" ".join(words[(i + j) % len(words)] for j in range(4 + i % 5)) for i in range(24)]
+    out: dict[str, dict[str, str]] = {}
+
+    def write(name: str, split: str, records: list[dict]) -> str:
+        path = root / f"{name}_{split}.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        return str(path)
+
+    for split in ("train", "validation"):
+        out.setdefault("text", {})[split] = write("text", split, [{"text": r} for r in rows])
+        out.setdefault("cls", {})[split] = write("cls", split, [{"text": r, "label": ["neg", "pos"][i % 2]} for i, r in enumerate(rows)])
+        out.setdefault("ner", {})[split] = write("ner", split, [
+            {"tokens": r.split(), "tags": [["O", "B", "I"][(i + k) % 3] for k in range(len(r.split()))]}
+            for i, r in enumerate(rows)
+        ])
+        out.setdefault("s2s", {})[split] = write("s2s", split, [{"text": r, "summary": " ".join(r.split()[:2])} for r in rows])
+    return out

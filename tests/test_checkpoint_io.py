@@ -1,0 +1,258 @@
+"""Crash safety of checkpoint directories, tested by SIGKILLing a real writer process at random moments."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_lightning.checkpoint_io import (
+    COMPLETE_MARKER,
+    TMP_PREFIX,
+    atomic_directory,
+    atomic_torch_save,
+    atomic_write_bytes,
+    cleanup_incomplete,
+    is_complete_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    rotate_checkpoints,
+    validate_resume_path,
+)
+from hf_lightning.errors import ConfigError
+
+__all__: list[str] = []
+
+# Writes checkpoints forever: every name twice (so replacing an existing checkpoint is exercised),
+# rotating down to 3 with checkpoint-0 protected, and a pointer file written with atomic_write_bytes.
+_WRITER = r"""
+import hashlib, json, os, random, sys
+from pathlib import Path
+from hf_lightning.checkpoint_io import atomic_directory, atomic_write_bytes, rotate_checkpoints
+
+out, i = Path(sys.argv[1]), int(sys.argv[2])
+rng = random.Random(i)
+print("ready", flush=True)
+while True:
+    step = i // 2
+    payload = os.urandom(rng.randint(1, 512) * 1024)
+    with atomic_directory(out / f"checkpoint-{step}", metadata={"writer": os.getpid()}) as tmp:
+        (tmp / "weights.bin").write_bytes(payload)
+        (tmp / "nested").mkdir()
+        (tmp / "nested" / "meta.json").write_text(
+            json.dumps({"step": step, "sha": hashlib.sha256(payload).hexdigest()})
+        )
+    rotate_checkpoints(out, 3, protect=[out / "checkpoint-0"])
+    atomic_write_bytes(out / "last_step.txt", str(step).encode())
+    i += 1
+"""
+
+
+def _assert_loadable(checkpoint: Path) -> int:
+    assert is_complete_checkpoint(checkpoint), checkpoint
+    meta = json.loads((checkpoint / "nested" / "meta.json").read_text())
+    assert hashlib.sha256((checkpoint / "weights.bin").read_bytes()).hexdigest() == meta["sha"]
+    marker = json.loads((checkpoint / COMPLETE_MARKER).read_text())
+    assert marker["step"] == meta["step"] == int(checkpoint.name.split("-")[1])
+    return meta["step"]
+
+
+def _hidden(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def test_sigkill_at_random_moments_never_leaves_a_half_written_checkpoint(tmp_path):
+    rng = random.Random(1234)
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    next_i = 0
+    leftovers_seen = 0
+    for iteration in range(8):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(tmp_path), str(next_i)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"ready"
+            time.sleep(rng.uniform(0.05, 0.3))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc.stdout.close()  # type: ignore[union-attr]
+
+        # Before any cleanup: every checkpoint-* directory that exists is complete and intact.
+        for checkpoint in list_checkpoints(tmp_path, include_incomplete=True):
+            _assert_loadable(checkpoint)
+        latest = latest_checkpoint(tmp_path)
+        if latest is not None:
+            _assert_loadable(latest)
+        pointer = tmp_path / "last_step.txt"
+        if pointer.exists():
+            int(pointer.read_text())  # never a torn write
+
+        # Every other run cleans up first, so the next writer also meets leftovers from a dead one.
+        if iteration % 2:
+            leftovers_seen += bool(_hidden(tmp_path))
+            cleanup_incomplete(tmp_path)
+            assert _hidden(tmp_path) == []
+            for checkpoint in list_checkpoints(tmp_path, include_incomplete=True):
+                _assert_loadable(checkpoint)
+        latest = latest_checkpoint(tmp_path)
+        next_i = 0 if latest is None else (_assert_loadable(latest) + 1) * 2
+
+    assert next_i > 0, "the writer never finished a checkpoint; the test did not exercise anything"
+    assert (tmp_path / "checkpoint-0").is_dir(), "rotation deleted the protected checkpoint"
+    assert len(list_checkpoints(tmp_path)) <= 4  # limit 3, plus possibly the protected one beyond it
+
+
+def test_exception_inside_the_block_leaves_no_trace(tmp_path):
+    with atomic_directory(tmp_path / "checkpoint-1") as tmp:
+        (tmp / "a.bin").write_bytes(b"old")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_directory(tmp_path / "checkpoint-1") as tmp:
+            (tmp / "a.bin").write_bytes(b"new")
+            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_directory(tmp_path / "checkpoint-2") as tmp:
+            (tmp / "a.bin").write_bytes(b"x")
+            raise RuntimeError("boom")
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
+    assert (tmp_path / "checkpoint-1" / "a.bin").read_bytes() == b"old"
+    assert is_complete_checkpoint(tmp_path / "checkpoint-1")
+
+
+def test_replacing_a_checkpoint_writes_marker_with_manifest(tmp_path):
+    for content in (b"first", b"second!"):
+        with atomic_directory(tmp_path / "checkpoint-7", metadata={"epoch": 2}) as tmp:
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "w.bin").write_bytes(content)
+    assert (tmp_path / "checkpoint-7" / "sub" / "w.bin").read_bytes() == b"second!"
+    marker = json.loads((tmp_path / "checkpoint-7" / COMPLETE_MARKER).read_text())
+    assert marker["step"] == 7 and marker["epoch"] == 2 and marker["files"] == {"sub/w.bin": 7}
+    assert _hidden(tmp_path) == []
+
+
+def test_completeness_detects_missing_marker_and_truncated_files(tmp_path):
+    with atomic_directory(tmp_path / "checkpoint-3") as tmp:
+        (tmp / "w.bin").write_bytes(b"12345")
+    good = tmp_path / "checkpoint-3"
+    assert is_complete_checkpoint(good)
+    (good / "w.bin").write_bytes(b"12")
+    assert not is_complete_checkpoint(good)
+
+    foreign = tmp_path / "checkpoint-4"
+    foreign.mkdir()
+    assert not is_complete_checkpoint(foreign)
+    (foreign / COMPLETE_MARKER).write_text("")  # a user vouching for a checkpoint written elsewhere
+    assert is_complete_checkpoint(foreign)
+    (foreign / COMPLETE_MARKER).write_text("{not json")
+    assert not is_complete_checkpoint(foreign)
+
+
+def _make(root: Path, *steps: int) -> None:
+    for step in steps:
+        with atomic_directory(root / f"checkpoint-{step}") as tmp:
+            (tmp / "w.bin").write_bytes(str(step).encode())
+
+
+def test_listing_is_numeric_and_skips_incomplete(tmp_path):
+    _make(tmp_path, 10, 9, 100)
+    (tmp_path / "checkpoint-200").mkdir()  # incomplete
+    (tmp_path / "checkpoint-x").mkdir()
+    (tmp_path / "run-5").mkdir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-9", "checkpoint-10", "checkpoint-100"]
+    assert list_checkpoints(tmp_path, include_incomplete=True)[-1].name == "checkpoint-200"
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-100"
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    return int(proc.stdout)
+
+
+def test_cleanup_removes_stale_promotes_finished_and_spares_live_writers(tmp_path):
+    dead = _dead_pid()
+    stale = tmp_path / f"{TMP_PREFIX}checkpoint-5-{dead}"
+    stale.mkdir()
+    (stale / "half.bin").write_bytes(b"x")
+    (tmp_path / f"{TMP_PREFIX}last_step.txt-{dead}").write_bytes(b"1")
+    # A complete temporary directory whose rename never happened: the crash came after it was written.
+    with atomic_directory(tmp_path / "staging") as tmp:
+        (tmp / "w.bin").write_bytes(b"done")
+    (tmp_path / "staging").rename(tmp_path / f"{TMP_PREFIX}checkpoint-6-{dead}")
+    live = tmp_path / f"{TMP_PREFIX}checkpoint-7-{os.getppid()}"  # our parent process is alive
+    live.mkdir()
+
+    removed = cleanup_incomplete(tmp_path)
+
+    assert sorted(p.name for p in removed) == sorted([stale.name, f"{TMP_PREFIX}last_step.txt-{dead}"])
+    assert (tmp_path / "checkpoint-6" / "w.bin").read_bytes() == b"done"
+    assert live.is_dir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-6"
+
+
+def test_rotation_keeps_newest_and_protected(tmp_path):
+    _make(tmp_path, 1, 2, 3, 4, 5)
+    best = tmp_path / "checkpoint-2"
+    deleted = rotate_checkpoints(tmp_path, 2, protect=[best])
+    assert [p.name for p in deleted] == ["checkpoint-1", "checkpoint-3", "checkpoint-4"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-5"]
+    assert _hidden(tmp_path) == []
+
+
+def test_rotation_limit_one_keeps_best_and_latest_and_resumed(tmp_path):
+    _make(tmp_path, 1, 2, 3, 4)
+    kept = {"checkpoint-1", "checkpoint-3", "checkpoint-4"}
+    rotate_checkpoints(tmp_path, 1, protect=[tmp_path / "checkpoint-3", str(tmp_path / "checkpoint-1")])
+    assert {p.name for p in list_checkpoints(tmp_path)} == kept
+    assert rotate_checkpoints(tmp_path, None) == [] and rotate_checkpoints(tmp_path, 0) == []
+    rotate_checkpoints(tmp_path, 1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4"]
+
+
+def test_validate_resume_path(tmp_path):
+    with pytest.raises(ConfigError) as missing:
+        validate_resume_path(tmp_path / "checkpoint-9")
+    assert missing.value.field == "resume_from_checkpoint"
+
+    half = tmp_path / "checkpoint-8"
+    half.mkdir()
+    with pytest.raises(ConfigError, match="marker") as incomplete:
+        validate_resume_path(half)
+    assert incomplete.value.field == "resume_from_checkpoint"
+
+    _make(tmp_path, 3)
+    assert validate_resume_path(str(tmp_path / "checkpoint-3")) == tmp_path / "checkpoint-3"
+    assert validate_resume_path(tmp_path / "checkpoint-3" / "w.bin") == tmp_path / "checkpoint-3" / "w.bin"
+    (tmp_path / "checkpoint-3" / "w.bin").write_bytes(b"")
+    with pytest.raises(ConfigError, match="truncated"):
+        validate_resume_path(tmp_path / "checkpoint-3")
+
+
+def test_atomic_file_writes(tmp_path):
+    target = tmp_path / "state.pt"
+    atomic_torch_save({"w": torch.arange(4)}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.arange(4))
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises for a lambda
+        atomic_torch_save({"f": lambda: 0}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.arange(4))
+
+    atomic_write_bytes(tmp_path / "x.txt", b"one")
+    atomic_write_bytes(tmp_path / "x.txt", b"two")
+    assert (tmp_path / "x.txt").read_bytes() == b"two"
+    assert _hidden(tmp_path) == []

@@ -1,0 +1,101 @@
+"""HFLightningModule + HFDataModule for every task, and the save_pretrained/from_pretrained round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import transformers
+
+from hf_lightning.data import HFDataModule
+from hf_lightning.errors import ConfigError
+from hf_lightning.module import HFLightningModule
+from hf_lightning.tasks import TASKS
+from tests.conftest import TINY_MODELS
+
+CASES = {
+    "sequence-classification": ("bert", "cls", {"label_column": "label"}),
+    "token-classification": ("bert", "ner", {"text_column": "tokens", "label_column": "tags"}),
+    "causal-lm": ("gpt2", "text", {}),
+    "masked-lm": ("bert", "text", {}),
+    "seq2seq-lm": ("t5", "s2s", {"target_column": "summary"}),
+}
+
+
+def _trainer(**kwargs) -> pl.Trainer:
+    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0)
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def test_cases_cover_every_task() -> None:
+    assert set(CASES) == set(TASKS)
+
+
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_train_and_round_trip(task: str, task_files, demo_assets, tmp_path: Path) -> None:
+    arch, files, data_kwargs = CASES[task]
+    data = HFDataModule(dataset="json", data_files=task_files[files], tokenizer=demo_assets["tokenizer"], task=task,
+                        batch_size=4, max_length=16, **data_kwargs)
+    module = HFLightningModule(model=TINY_MODELS[arch], task=task, num_labels=data.num_labels, id2label=data.id2label,
+                               vocab_size=data.vocab_size, pad_token_id=data.pad_token_id, learning_rate=1e-3)
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    trainer = _trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 3
+    assert any(not torch.equal(before[k], v) for k, v in module.model.state_dict().items()), "weights moved"
+    assert "eval_loss" in module.last_eval_metrics
+    if TASKS[task].has_num_labels:
+        assert "eval_accuracy" in module.last_eval_metrics
+    else:
+        assert "eval_perplexity" in module.last_eval_metrics
+
+    out = module.save_hf_pretrained(tmp_path / "export", processing_class=data.tokenizer)
+    auto = getattr(transformers, TASKS[task].auto_class)
+    loaded = auto.from_pretrained(out).eval()
+    module.model.eval()
+    batch = next(iter(data.val_dataloader()))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if task == "seq2seq-lm":
+        inputs["decoder_input_ids"] = torch.zeros_like(batch["labels"][:, :3])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, module.model(**inputs).logits, rtol=0, atol=0)
+    assert transformers.AutoTokenizer.from_pretrained(out)("good film")["input_ids"] == data.tokenizer("good film")["input_ids"]
+
+
+def test_module_accepts_instance_and_directory(tmp_path: Path) -> None:
+    config = transformers.BertConfig(**{k: v for k, v in TINY_MODELS["bert"].items() if k != "model_type"}, vocab_size=50)
+    instance = transformers.BertForSequenceClassification(config)
+    assert HFLightningModule(model=instance).model is instance
+    instance.save_pretrained(tmp_path / "m")
+    from_dir = HFLightningModule(model=str(tmp_path / "m"))
+    torch.testing.assert_close(from_dir.model.bert.embeddings.word_embeddings.weight, instance.bert.embeddings.word_embeddings.weight)
+
+
+def test_num_labels_mismatch_is_one_clear_error(tmp_path: Path) -> None:
+    config = transformers.BertConfig(**{k: v for k, v in TINY_MODELS["bert"].items() if k != "model_type"}, vocab_size=50, num_labels=3)
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "m")
+    with pytest.raises(ConfigError, match="num_labels"):
+        HFLightningModule(model=str(tmp_path / "m"), num_labels=2)
+
+
+def test_missing_model_dir_fails_fast() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        HFLightningModule(model="./no/such/model")
+    with pytest.raises(ConfigError, match="offline"):
+        HFLightningModule(model="bert-base-uncased")
+
+
+def test_weight_decay_grouping_matches_hf() -> None:
+    module = HFLightningModule(model=TINY_MODELS["bert"], weight_decay=0.1)
+    module.trainer = None
+    from hf_lightning.optim import build_optimizer
+
+    optimizer = build_optimizer(module, weight_decay=0.1)
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    names = {n for n, p in module.named_parameters() if id(p) in decayed}
+    assert all("bias" not in n and "LayerNorm" not in n for n in names)
+    assert any("LayerNorm" in n for n, p in module.named_parameters() if id(p) not in decayed)
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0

@@ -405,6 +405,7 @@ class HFLightningModule(pl.LightningModule):
             adam_epsilon=hp.adam_epsilon,
             optim_args=hp.optim_args,
             model_for_optimizer=self.model,
+            no_decay_prefixes=("loss_fn.",),
         )
         scheduler = build_scheduler(
             optimizer,

@@ -70,11 +70,13 @@ def build_optimizer(
     adam_epsilon: float = 1e-8,
     optim_args: str | dict[str, Any] | None = None,
     model_for_optimizer: nn.Module | None = None,
+    no_decay_prefixes: tuple[str, ...] = (),
 ) -> torch.optim.Optimizer:
     """Build the optimizer HF's Trainer would build for these settings.
 
     ``module`` owns every trainable parameter (the HF model plus, e.g., learnable loss weights);
-    weight decay skips biases and normalisation weights by HF's own rule.
+    weight decay skips biases and normalisation weights by HF's own rule, and parameters under
+    ``no_decay_prefixes`` (learnable loss weights: decay would pull them towards zero).
     """
     if optim not in OPTIMIZER_NAMES:
         import difflib
@@ -97,7 +99,7 @@ def build_optimizer(
     )
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model_for_optimizer or module)
     # HF's rule does not depend on the Trainer instance; call it unbound to stay identical to it.
-    decay_names = set(Trainer.get_decay_parameter_names(None, module))
+    decay_names = {n for n in Trainer.get_decay_parameter_names(None, module) if not n.startswith(no_decay_prefixes)}
     groups = decay_parameter_groups(module.named_parameters(), decay_names, weight_decay)
     if "params" in optimizer_kwargs:  # GaLore/Apollo build their own groups
         groups = optimizer_kwargs.pop("params")

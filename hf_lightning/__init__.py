@@ -12,6 +12,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Trainer": "hf_lightning.trainer",
+    "TrainingArguments": "hf_lightning.args",
+    "HFCallbacks": "hf_lightning.callbacks.hf_bridge",
     "HFLightningModule": "hf_lightning.module",
     "HFDataModule": "hf_lightning.data",
     "HFExportCallback": "hf_lightning.callbacks.hf_export",

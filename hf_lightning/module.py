@@ -103,7 +103,7 @@ class HFLightningModule(pl.LightningModule):
         stop_on_nonfinite_loss: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["loss"] + (["model"] if isinstance(model, nn.Module) else []))
+        self.save_hyperparameters(ignore=["loss", "host"] + (["model"] if isinstance(model, nn.Module) else []))
         self.task = task
         self.spec = task_spec(task)
         self.num_labels = num_labels
@@ -134,11 +134,14 @@ class HFLightningModule(pl.LightningModule):
         self._train_window = WindowCounter()
         self._eval_window = WindowCounter()
         self._backward_done = False
+        self._zero_pending = False
         self._in_own_backward = False
         self._current_items: torch.Tensor | None = None
         self._nonfinite_streak = 0
         self._sharded = False
         self._forward_model: nn.Module | None = None
+        self._skip_rest_of_epoch = False
+        self._grad_norm: float | None = None
 
     # ------------------------------------------------------------------ building
     def _build(self, model, model_kwargs, num_labels, id2label, vocab_size, pad_token_id) -> nn.Module:
@@ -244,9 +247,29 @@ class HFLightningModule(pl.LightningModule):
             self._backward_done = True
 
     def backward_now(self, loss: torch.Tensor) -> None:
-        """Backward a summed loss now, through the strategy and precision plugin."""
+        """Backward a summed loss now, through the strategy and precision plugin.
+
+        Lightning zeroes gradients *after* ``training_step`` (just before its own backward) on the first
+        micro-batch of a window; a backward run inside ``training_step`` would be wiped. So we zero
+        first here, and ``optimizer_zero_grad`` skips Lightning's zeroing for that batch.
+        """
+        if self._zero_pending:
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad()
+            self._zero_pending = False
         with self.own_backward():
-            self.trainer.strategy.backward(loss, None)
+            # Lightning's closure divides by accumulate_grad_batches; do the same so that the window
+            # rescale in on_before_optimizer_step is identical on both paths.
+            self.trainer.strategy.backward(loss / self.trainer.accumulate_grad_batches, None)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if self._backward_done:
+            return  # gradients were zeroed before this batch's own backward and now hold it
+        optimizer.zero_grad()
+
+    def _start_micro_batch(self, batch_idx: int) -> None:
+        self._backward_done = False
+        self._zero_pending = batch_idx % self.trainer.accumulate_grad_batches == 0
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         if self._backward_done and not self._in_own_backward:
@@ -254,7 +277,7 @@ class HFLightningModule(pl.LightningModule):
         super().backward(loss, *args, **kwargs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self._backward_done = False
+        self._start_micro_batch(batch_idx)
         result = self.compute_loss(batch)
         self._current_items = result.items
         loss_sum = result.loss * result.items
@@ -307,10 +330,33 @@ class HFLightningModule(pl.LightningModule):
             if hasattr(norm, "full_tensor"):
                 norm = norm.full_tensor()
             self._grad_norm = float(norm)
+        self._notify_callbacks("on_gradients_ready", optimizer)
+
+    def _notify_callbacks(self, hook_name: str, *args: Any) -> None:
+        """Call a hook that Lightning does not have (e.g. ``on_gradients_ready``) on callbacks that define it."""
         for callback in self.trainer.callbacks:
-            hook = getattr(callback, "on_gradients_ready", None)
+            hook = getattr(callback, hook_name, None)
             if hook is not None:
-                hook(self.trainer, self, optimizer)
+                hook(self.trainer, self, *args)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self._notify_callbacks("on_optimizer_stepped", optimizer)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        # -1 tells Lightning to skip the rest of the epoch (HF's control.should_epoch_stop).
+        return -1 if self._skip_rest_of_epoch else None
+
+    def on_train_epoch_start(self) -> None:
+        self._skip_rest_of_epoch = False
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if self._skip_rest_of_epoch and not getattr(self, "_stepped", False):
+            return  # Lightning still calls the scheduler for a skipped batch; no optimizer step happened
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not getattr(self, "_stepped", False):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["TASKS", "TaskName", "TaskSpec", "task_spec"]
+__all__ = ["TASKS", "TaskName", "TaskSpec", "infer_task", "task_spec"]
 
 TaskName = Literal[
     "sequence-classification",
@@ -49,3 +49,25 @@ def task_spec(task: str) -> TaskSpec:
         return TASKS[task]
     except KeyError:
         raise ConfigError("task", f"unknown task {task!r}", f"use one of {', '.join(TASKS)}") from None
+
+
+def infer_task(model: object) -> str:
+    """Guess the task of a model instance from its class (for the HF-style facade, which gets instances)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    name = type(model).__name__
+    tables = [
+        ("causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+        ("seq2seq-lm", auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES),
+        ("masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+        ("token-classification", auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
+    ]
+    for task, mapping in tables:
+        if name in set(mapping.values()):
+            return task
+    lowered = name.lower()
+    for marker, task in (("causallm", "causal-lm"), ("lmhead", "causal-lm"), ("maskedlm", "masked-lm"),
+                         ("tokenclassification", "token-classification"), ("conditionalgeneration", "seq2seq-lm")):
+        if marker in lowered:
+            return task
+    return "sequence-classification"

@@ -60,3 +60,34 @@ def task_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
         ])
         out.setdefault("s2s", {})[split] = write("s2s", split, [{"text": r, "summary": " ".join(r.split()[:2])} for r in rows])
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_assets: dict[str, str]):
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(demo_assets["tokenizer"])
+
+
+@pytest.fixture(scope="session")
+def cls_dataset(demo_tokenizer):
+    """40 tokenised sentences of uneven length with binary labels (a HF datasets.Dataset)."""
+    import datasets
+
+    words = "the film was good not bad great dull acting plot ending boring".split()
+    rows = [" ".join(words[(i * 7 + j) % len(words)] for j in range(3 + i % 6)) for i in range(40)]
+    raw = datasets.Dataset.from_dict({"text": rows, "label": [int("good" in r or "great" in r) for r in rows]})
+    return raw.map(lambda b: demo_tokenizer(b["text"]), batched=True)
+
+
+def tiny_bert_classifier(vocab_size: int, dropout: float = 0.0, seed: int = 0, num_labels: int = 2):
+    import torch
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, max_position_embeddings=64,
+        num_labels=num_labels,
+    )
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(config)

@@ -1,0 +1,185 @@
+"""TrainingArguments: transformers' own dataclass, with Lightning owning the devices.
+
+Subclassing ``transformers.TrainingArguments`` gives every field name, default, help text, enum
+conversion and validation of HF by construction, and ``isinstance(args, transformers.TrainingArguments)``
+stays true for third-party callbacks. What we change:
+
+* device setup: HF's ``_setup_devices`` builds an accelerate ``PartialState`` and may initialise
+  ``torch.distributed`` itself; under Lightning the strategy does that, and HF's version crashes in
+  Lightning-spawned DDP children. Devices here are read, never set up.
+* older names the seeds still use (``evaluation_strategy``, ``warmup_ratio``,
+  ``overwrite_output_dir``) are accepted with a one-time deprecation warning.
+* Lightning-only fields (``accelerator``, ``devices``, ``num_nodes``, ``strategy``,
+  ``lightning_trainer_kwargs``, ``stop_on_nonfinite_loss``).
+* fields that cannot take effect on this engine warn once instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+import transformers
+from transformers.training_args import ParallelMode
+
+from hf_lightning.errors import ConfigError
+
+__all__ = ["NO_EFFECT", "SUPPORTED", "TrainingArguments"]
+
+# Every transformers.TrainingArguments field is either mapped onto Lightning (SUPPORTED) or warns
+# when set away from its default (NO_EFFECT). tests/test_args.py checks the two cover all fields.
+SUPPORTED = frozenset(
+    """
+    output_dir per_device_train_batch_size num_train_epochs max_steps learning_rate lr_scheduler_type
+    lr_scheduler_kwargs warmup_steps optim optim_args weight_decay adam_beta1 adam_beta2 adam_epsilon
+    optim_target_modules gradient_accumulation_steps average_tokens_across_devices max_grad_norm
+    label_smoothing_factor bf16 fp16 bf16_full_eval fp16_full_eval tf32 gradient_checkpointing
+    gradient_checkpointing_kwargs torch_compile torch_compile_backend torch_compile_mode neftune_noise_alpha
+    logging_strategy logging_steps logging_first_step logging_nan_inf_filter log_level log_level_replica
+    disable_tqdm report_to run_name eval_strategy eval_steps eval_delay per_device_eval_batch_size
+    prediction_loss_only eval_on_start eval_accumulation_steps include_for_metrics save_only_model
+    save_strategy save_steps save_total_limit load_best_model_at_end metric_for_best_model greater_is_better
+    ignore_data_skip restore_callback_states_from_checkpoint full_determinism seed data_seed use_cpu
+    dataloader_drop_last dataloader_num_workers dataloader_pin_memory dataloader_persistent_workers
+    dataloader_prefetch_factor remove_unused_columns label_names train_sampling_strategy length_column_name
+    ddp_find_unused_parameters ddp_bucket_cap_mb ddp_broadcast_buffers ddp_backend ddp_timeout fsdp
+    fsdp_config deepspeed do_train do_eval do_predict resume_from_checkpoint local_rank skip_memory_metrics
+    eval_do_concat_batches
+    """.split()
+)
+
+NO_EFFECT: dict[str, str] = {
+    "activation_checkpointing": "use gradient_checkpointing (the HF model's own) or fsdp_config.activation_checkpointing",
+    "activation_checkpointing_kwargs": "use gradient_checkpointing_kwargs",
+    "use_liger_kernel": "Liger kernels are not wired into the Lightning engine",
+    "liger_kernel_config": "Liger kernels are not wired into the Lightning engine",
+    "use_cache": "set use_cache on the model config instead",
+    "torch_empty_cache_steps": "Lightning manages device memory; not supported",
+    "auto_find_batch_size": "use Lightning's Tuner (scale_batch_size) instead",
+    "log_on_each_node": "Lightning loggers log on global rank 0",
+    "include_num_input_tokens_seen": "token counting is not reported yet",
+    "project": "tracker projects are set on the logger (trainer loggers)",
+    "trackio_space_id": "trackio is not a supported logger",
+    "trackio_bucket_id": "trackio is not a supported logger",
+    "trackio_static_space_id": "trackio is not a supported logger",
+    "eval_use_gather_object": "predictions are gathered as tensors",
+    "batch_eval_metrics": "built-in metrics already stream; compute_metrics receives the whole EvalPrediction",
+    "save_on_each_node": "checkpoints are written by global rank 0",
+    "enable_jit_checkpoint": "use SIGTERM handling: a checkpoint is saved on preemption",
+    "push_to_hub": "Hub uploads are not available; save_model writes a folder you can upload",
+    "hub_token": "Hub uploads are not available",
+    "hub_private_repo": "Hub uploads are not available",
+    "hub_model_id": "Hub uploads are not available",
+    "hub_strategy": "Hub uploads are not available",
+    "hub_always_push": "Hub uploads are not available",
+    "hub_revision": "Hub uploads are not available",
+    "accelerator_config": "accelerate is not the engine; use lightning_trainer_kwargs",
+    "parallelism_config": "use fsdp / deepspeed / strategy",
+    "dataloader_multiprocessing_context": "not passed to the DataLoader yet",
+    "dataloader_in_order": "not applicable: loaders are not wrapped by accelerate",
+    "ddp_static_graph": "pass strategy=DDPStrategy(static_graph=True) through lightning_trainer_kwargs",
+    "debug": "HF debug options are not available; use Lightning's profiler",
+}
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str, category: type[Warning] = UserWarning) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, category, stacklevel=3)
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """``transformers.TrainingArguments`` for the Lightning engine (same fields and defaults)."""
+
+    evaluation_strategy: str | None = field(default=None, metadata={"help": "Deprecated: use eval_strategy."})
+    warmup_ratio: float | None = field(default=None, metadata={"help": "Deprecated: use warmup_steps < 1."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow an output_dir that already holds checkpoints of another run."}
+    )
+    accelerator: str = field(default="auto", metadata={"help": "Lightning accelerator: auto, cpu, gpu, ..."})
+    devices: Any = field(default="auto", metadata={"help": "Lightning devices: a count, a list, or auto."})
+    num_nodes: int = field(default=1, metadata={"help": "Number of machines (torchrun/SLURM set the rest)."})
+    strategy: str | None = field(default=None, metadata={"help": "Lightning strategy name (ddp, ...)."})
+    lightning_trainer_kwargs: dict | None = field(
+        default=None, metadata={"help": "Extra keyword arguments for lightning.Trainer."}
+    )
+    stop_on_nonfinite_loss: int | None = field(
+        default=None, metadata={"help": "Stop after this many optimizer steps in a row with a non-finite loss."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.evaluation_strategy is not None:
+            _warn_once("evaluation_strategy", "evaluation_strategy is deprecated; use eval_strategy", FutureWarning)
+            if self.eval_strategy in ("no", None) or str(self.eval_strategy) == "IntervalStrategy.NO":
+                self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None:
+            _warn_once("warmup_ratio", "warmup_ratio is deprecated; use warmup_steps below 1", FutureWarning)
+            if self.warmup_ratio and not self.warmup_steps:
+                self.warmup_steps = float(self.warmup_ratio)
+        if self.gradient_accumulation_steps < 1:
+            raise ConfigError(
+                "gradient_accumulation_steps", f"must be >= 1, got {self.gradient_accumulation_steps}", "use 1 or more"
+            )
+        if self.output_dir is None:
+            self.output_dir = "trainer_output"
+        self._warn_no_effect()  # before HF converts dicts into config objects
+        super().__post_init__()
+        # Seeds read self.args.evaluation_strategy: keep the old name in step with the new one.
+        self.evaluation_strategy = self.eval_strategy
+
+    def _warn_no_effect(self) -> None:
+        defaults = {f.name: f for f in dataclasses.fields(transformers.TrainingArguments)}
+        for name, reason in NO_EFFECT.items():
+            f = defaults.get(name)
+            if f is None:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+            )
+            value = getattr(self, name, default)
+            if value not in (default, None, False, [], {}, "") and value != default:
+                _warn_once(f"no-effect:{name}", f"TrainingArguments.{name} has no effect on hf_lightning: {reason}")
+
+    # ---- devices: read, never set up (Lightning's strategy owns torch.distributed) ----
+    @cached_property
+    def _setup_devices(self) -> torch.device:
+        self.distributed_state = None
+        cpu = self.use_cpu or self.accelerator == "cpu"
+        if not cpu and torch.cuda.is_available():
+            self._n_gpu = 1
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self._n_gpu = 0
+        return torch.device("cpu")
+
+    @property
+    def n_gpu(self) -> int:
+        _ = self._setup_devices
+        return self._n_gpu
+
+    @property
+    def parallel_mode(self) -> ParallelMode:
+        return ParallelMode.DISTRIBUTED if self.world_size > 1 else ParallelMode.NOT_PARALLEL
+
+    @property
+    def world_size(self) -> int:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size()
+        return int(os.environ.get("WORLD_SIZE", 1))
+
+    @property
+    def process_index(self) -> int:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank()
+        return int(os.environ.get("RANK", 0))
+
+    @property
+    def local_process_index(self) -> int:
+        return int(os.environ.get("LOCAL_RANK", 0))

@@ -1,0 +1,56 @@
+"""HF-style checkpoint folders written atomically: ``output_dir/checkpoint-<global_step>/``.
+
+Each folder holds the model (and tokenizer) in Hugging Face format, ``trainer_state.json`` in HF's
+schema, ``training_args.bin``, and ``lightning.ckpt`` with what exact resume needs (optimizer,
+scheduler, precision scaler, loop position, sampler position and every rank's RNG state). The folder
+appears under its final name only once complete (``checkpoint_io.atomic_directory``), so a process
+killed at any moment never leaves a checkpoint that resume would pick but cannot load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from hf_lightning.checkpoint_io import atomic_directory, rotate_checkpoints
+
+__all__ = ["LIGHTNING_CKPT", "TRAINER_STATE", "save_hf_checkpoint"]
+
+LIGHTNING_CKPT = "lightning.ckpt"
+TRAINER_STATE = "trainer_state.json"
+
+
+def save_hf_checkpoint(
+    trainer: pl.Trainer,
+    module: Any,
+    output_dir: str | Path,
+    state: Any,
+    args: Any = None,
+    processing_class: Any = None,
+    save_total_limit: int | None = None,
+    protect: list[str | None] | None = None,
+    save_only_model: bool = False,
+) -> Path:
+    """Write ``checkpoint-<step>`` (a collective: call on every rank). Returns its final path."""
+    output_dir = Path(output_dir)
+    final = output_dir / f"checkpoint-{state.global_step}"
+    rank_zero = trainer.is_global_zero
+    ctx = atomic_directory(final, metadata={"step": state.global_step}) if rank_zero else contextlib.nullcontext()
+    with ctx as tmp:
+        tmp = Path(trainer.strategy.broadcast(str(tmp) if rank_zero else None))
+        if not save_only_model:
+            trainer.save_checkpoint(tmp / LIGHTNING_CKPT)
+        module.save_hf_pretrained(tmp, processing_class=processing_class)
+        if rank_zero:
+            state.save_to_json(str(tmp / TRAINER_STATE))
+            if args is not None:
+                torch.save(args, tmp / "training_args.bin")
+        trainer.strategy.barrier()
+    if rank_zero and save_total_limit:
+        rotate_checkpoints(output_dir, save_total_limit, protect=[p for p in (protect or []) if p])
+    trainer.strategy.barrier()
+    return final

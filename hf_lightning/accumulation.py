@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 
-__all__ = ["WindowCounter", "all_reduce_sum", "scale_gradients"]
+__all__ = ["WindowCounter", "all_reduce_gradients", "all_reduce_sum", "scale_gradients"]
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
@@ -30,6 +30,22 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+@torch.no_grad()
+def all_reduce_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Sum gradients over ranks in one flat buffer (used when DDP's reducer is bypassed)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 @torch.no_grad()

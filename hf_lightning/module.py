@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn as nn
 
-from hf_lightning.accumulation import WindowCounter, scale_gradients
+from hf_lightning.accumulation import WindowCounter, all_reduce_gradients, scale_gradients
 from hf_lightning.errors import ConfigError
 from hf_lightning.losses.base import ModelLoss, count_label_items
 from hf_lightning.metrics import PredictionCollector, build_task_metrics
@@ -142,6 +142,9 @@ class HFLightningModule(pl.LightningModule):
         self._forward_model: nn.Module | None = None
         self._skip_rest_of_epoch = False
         self._grad_norm: float | None = None
+        # True when training_step runs its own backward (HF-style facade): gradients are then synced
+        # by us, not by DDP's reducer (see on_train_start).
+        self.manual_grad_sync = self.adversarial is not None
 
     # ------------------------------------------------------------------ building
     def _build(self, model, model_kwargs, num_labels, id2label, vocab_size, pad_token_id) -> nn.Module:
@@ -293,6 +296,13 @@ class HFLightningModule(pl.LightningModule):
         return loss_sum.detach()
 
     def on_train_start(self) -> None:
+        if self.manual_grad_sync and self.trainer.world_size > 1:
+            ddp = getattr(self.trainer.strategy, "model", None)
+            if hasattr(ddp, "require_backward_grad_sync"):
+                # A backward run inside training_step happens inside DDP's forward, before its reducer
+                # expects gradients; DDP would skip or break the sync. We all-reduce ourselves instead.
+                ddp.require_backward_grad_sync = False
+                self._grads_synced_here = True
         if self.neftune_noise_alpha:
             from hf_lightning.neftune import activate_neftune
 
@@ -307,8 +317,12 @@ class HFLightningModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Turn the window's summed gradients into a per-item mean over all ranks (see accumulation.py)."""
         items, mean_loss = self._train_window.close(self.device)
+        world = self.trainer.world_size
+        if getattr(self, "_grads_synced_here", False):
+            all_reduce_gradients(self.parameters())  # summed over ranks: no averaging to undo
+            world = 1
         if items > 0:
-            scale_gradients(self.parameters(), self.trainer.accumulate_grad_batches * self.trainer.world_size / items)
+            scale_gradients(self.parameters(), self.trainer.accumulate_grad_batches * world / items)
         self._step_loss = mean_loss
         self._step_lr = optimizer.param_groups[0]["lr"]
         self._stepped = True

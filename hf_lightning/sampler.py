@@ -131,14 +131,11 @@ class ResumableSampler(Sampler[int]):
             raise ConfigError("batch_size", f"must be a positive int, got {batch_size!r}", "use 1 or more")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError("seed", f"must be an int, got {seed!r}", "pass an integer seed such as 42")
-        default_replicas, default_rank = _default_world()
-        num_replicas = default_replicas if num_replicas is None else num_replicas
-        rank = default_rank if rank is None else rank
-        if num_replicas < 1:
+        if num_replicas is not None and num_replicas < 1:
             raise ConfigError(
                 "num_replicas", f"must be at least 1, got {num_replicas}", "pass the world size"
             )
-        if not 0 <= rank < num_replicas:
+        if num_replicas is not None and rank is not None and not 0 <= rank < num_replicas:
             raise ConfigError(
                 "rank", f"must be in [0, {num_replicas}), got {rank}", "pass this process' global rank"
             )
@@ -158,8 +155,10 @@ class ResumableSampler(Sampler[int]):
         self.data_source_len = data_source_len
         self.shuffle = shuffle
         self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
+        # None: resolved from torch.distributed when used. Loaders are often built before the
+        # strategy starts the process group (Lightning's DDP), so reading it here would see world 1.
+        self._num_replicas = num_replicas
+        self._rank = rank
         self.drop_last = drop_last
         self.lengths = list(lengths) if lengths is not None else None
         self.group_by_length = group_by_length
@@ -169,6 +168,14 @@ class ResumableSampler(Sampler[int]):
         self._resume: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ sizes
+
+    @property
+    def num_replicas(self) -> int:
+        return self._num_replicas if self._num_replicas is not None else _default_world()[0]
+
+    @property
+    def rank(self) -> int:
+        return self._rank if self._rank is not None else _default_world()[1]
 
     @property
     def num_samples(self) -> int:

@@ -42,6 +42,7 @@ class TrainerModule(HFLightningModule):
         modules = {n: m for n, m in modules.items() if any(p.requires_grad for p in m.parameters())}
         self.host_modules = nn.ModuleDict(modules)
         self._overridden_step = host.training_step_is_overridden()
+        self.manual_grad_sync = True  # HF's training_step calls backward itself
         self._user_loss = 0.0
 
     # ---------------------------------------------------------------- training

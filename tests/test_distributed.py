@@ -1,0 +1,63 @@
+"""Real multi-process runs on CPU (gloo): DDP matches one process; FSDP2 tracks DDP and exports HF."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+WORKER = Path(__file__).parent / "workers" / "dist_worker.py"
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+
+def _run(mode: str, world: int, tmp_path: Path) -> dict:
+    out = tmp_path / f"{mode}.pt"
+    run = subprocess.run([sys.executable, str(WORKER), mode, str(out), str(world)], capture_output=True, text=True,
+                         timeout=400, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return torch.load(out)
+
+
+def _weights(export: str) -> dict[str, torch.Tensor]:
+    return transformers.AutoModelForSequenceClassification.from_pretrained(export).state_dict()
+
+
+def test_ddp_matches_single_process_and_fsdp_tracks_ddp(tmp_path: Path) -> None:
+    single = _run("single", 1, tmp_path)
+    ddp = _run("ddp", 2, tmp_path)
+    fsdp = _run("fsdp", 2, tmp_path)
+
+    w_single, w_ddp, w_fsdp = _weights(single["export"]), _weights(ddp["export"]), _weights(fsdp["export"])
+    ddp_vs_single = max((w_single[k] - w_ddp[k]).abs().max().item() for k in w_single)
+    assert ddp_vs_single <= 1e-5, ddp_vs_single
+    assert len(ddp["losses"]) == len(single["losses"]) == 4
+    assert ddp["losses"] == pytest.approx(single["losses"], abs=1e-6)
+
+    assert fsdp["losses"] == pytest.approx(ddp["losses"], abs=1e-5)
+    fsdp_vs_ddp = max((w_fsdp[k] - w_ddp[k]).abs().max().item() for k in w_ddp)
+    assert fsdp_vs_ddp <= 1e-5, fsdp_vs_ddp
+
+
+def _torchrun(mode: str, world: int, tmp_path: Path) -> dict:
+    out = tmp_path / f"{mode}-torchrun.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port", "29531",
+           str(WORKER), mode, str(out), str(world)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return torch.load(out)
+
+
+def test_facade_ddp_under_torchrun_and_fsdp_from_training_arguments(tmp_path: Path) -> None:
+    """TrainingArguments(devices=2) launched by torchrun, and fsdp="full_shard auto_wrap" on CPU (FSDP2)."""
+    single = _run("facade-single", 1, tmp_path)
+    ddp = _torchrun("facade-ddp", 2, tmp_path)
+    fsdp = _run("facade-fsdp", 2, tmp_path)
+    assert len(single["losses"]) == 4
+    assert ddp["losses"] == pytest.approx(single["losses"], abs=1e-5)
+    assert fsdp["losses"] == pytest.approx(single["losses"], abs=1e-5)
+    w_single, w_fsdp = _weights(single["export"]), _weights(fsdp["export"])
+    assert max((w_single[k] - w_fsdp[k]).abs().max().item() for k in w_single) <= 1e-5

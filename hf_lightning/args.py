@@ -124,6 +124,7 @@ class TrainingArguments(transformers.TrainingArguments):
             _warn_once("warmup_ratio", "warmup_ratio is deprecated; use warmup_steps below 1", FutureWarning)
             if self.warmup_ratio and not self.warmup_steps:
                 self.warmup_steps = float(self.warmup_ratio)
+        self._check_names_and_lengths()
         if self.gradient_accumulation_steps < 1:
             raise ConfigError(
                 "gradient_accumulation_steps", f"must be >= 1, got {self.gradient_accumulation_steps}", "use 1 or more"
@@ -131,9 +132,48 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.output_dir is None:
             self.output_dir = "trainer_output"
         self._warn_no_effect()  # before HF converts dicts into config objects
+        deepspeed = self.deepspeed
+        if deepspeed:
+            # HF would build accelerate's DeepSpeed plugin here (and need deepspeed installed); the
+            # Lightning strategy gets the resolved config instead. Validate the JSON now, in one line.
+            from hf_lightning.strategies import _load_json_config
+
+            _load_json_config(deepspeed, "deepspeed")
+            self.deepspeed = None
         super().__post_init__()
+        self.deepspeed = deepspeed
         # Seeds read self.args.evaluation_strategy: keep the old name in step with the new one.
         self.evaluation_strategy = self.eval_strategy
+
+    def _check_names_and_lengths(self) -> None:
+        """One-line errors for the mistakes HF reports with an enum traceback or not at all."""
+        from hf_lightning.optim import OPTIMIZER_NAMES, SCHEDULER_NAMES
+
+        for field_name, value, names in (
+            ("optim", self.optim, OPTIMIZER_NAMES),
+            ("lr_scheduler_type", self.lr_scheduler_type, SCHEDULER_NAMES),
+        ):
+            value = str(getattr(value, "value", value))
+            if value not in names:
+                import difflib
+
+                close = difflib.get_close_matches(value, names, n=1)
+                fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(names[:8])}, ..."
+                raise ConfigError(field_name, f"unknown name {value!r}", fix)
+        if (self.max_steps is None or self.max_steps <= 0) and self.num_train_epochs <= 0:
+            raise ConfigError(
+                "num_train_epochs",
+                f"is {self.num_train_epochs} and max_steps is {self.max_steps}: nothing would train",
+                "set num_train_epochs > 0 or max_steps > 0",
+            )
+        if self.per_device_train_batch_size < 1:
+            raise ConfigError("per_device_train_batch_size", f"must be >= 1, got {self.per_device_train_batch_size}",
+                              "use a positive batch size")
+        if self.learning_rate < 0:
+            raise ConfigError("learning_rate", f"must be >= 0, got {self.learning_rate}", "use e.g. 5e-5")
+        if not 0 <= self.label_smoothing_factor < 1:
+            raise ConfigError("label_smoothing_factor", f"must be in [0, 1), got {self.label_smoothing_factor}",
+                              "use e.g. 0.1")
 
     def _warn_no_effect(self) -> None:
         defaults = {f.name: f for f in dataclasses.fields(transformers.TrainingArguments)}

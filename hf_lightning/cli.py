@@ -19,7 +19,7 @@ from hf_lightning.data import HFDataModule
 from hf_lightning.errors import ConfigError
 from hf_lightning.module import HFLightningModule
 
-__all__ = ["HFLightningCLI", "OneLineErrorParser", "main", "run_cli"]
+__all__ = ["HFLightningCLI", "OneLineErrorParser", "check_tags_fit_model", "main", "run_cli"]
 
 # Links: source on the data module -> target on the model. Targets are filled at instantiation;
 # writing them in YAML would be silently overridden, so we refuse it (see _check_link_targets).
@@ -81,8 +81,11 @@ class HFLightningCLI(LightningCLI):
         for source, target in LINKS.items():
             key = target.split(".", 1)[1]
             if model is not None and model.get(key) is not None:
-                raise ConfigError(target, f"is filled from {source} and cannot be set in the config",
-                                  f"remove {target}; set the data module's labels/tokenizer instead")
+                raise ConfigError(
+                    target,
+                    f"is filled from {source} and cannot be set in the config",
+                    f"remove {target}; set the data module's labels/tokenizer instead",
+                )
         data = config.get("data") if config is not None else None
         if model is not None and data is not None and data.get("task") not in (None, model.get("task")):
             raise ConfigError("data.task", "is linked from model.task", "set model.task only")
@@ -90,14 +93,63 @@ class HFLightningCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
+            check_tags_fit_model(self.datamodule, self.model)
         except ConfigError as err:
             _exit_one_line(str(err))
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI loads --ckpt_path while parsing (to read its hyperparameters): check it first.
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if isinstance(ckpt_path, str) and ckpt_path not in ("last", "best", "hpc", "registry"):
+            try:
+                check_checkpoint_file(ckpt_path)
+            except ConfigError as err:
+                _exit_one_line(str(err))
+        super()._parse_ckpt_path()
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
         except ConfigError as err:
             _exit_one_line(str(err))
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Refuse a missing or unreadable ``--ckpt_path`` before the model and data are built."""
+    from pathlib import Path
+
+    import torch
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError("ckpt_path", f"{path!r} does not exist", "pass an existing .ckpt file (or 'last')")
+    try:
+        torch.load(file, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read means the file is unusable
+        raise ConfigError(
+            "ckpt_path",
+            f"{path!r} is corrupt or not a checkpoint ({type(err).__name__})",
+            "resume from an earlier checkpoint",
+        ) from None
+
+
+def check_tags_fit_model(datamodule: Any, model: Any) -> None:
+    """Refuse a multi-task model whose token head does not match the data's tag set.
+
+    ``num_ner_labels`` lives inside the model's config dict, where no link can reach it, so a
+    mismatch would otherwise surface mid-training as an index error inside cross-entropy.
+    """
+    tags = getattr(datamodule, "tag_names", None)
+    config = getattr(getattr(model, "model", None), "config", None)
+    heads = getattr(config, "num_ner_labels", None)
+    if tags is None or heads is None or heads == len(tags):
+        return
+    raise ConfigError(
+        "model.model.num_ner_labels",
+        f"is {heads} but data.tag_column has {len(tags)} tags {tags[:10]}",
+        f"set num_ner_labels: {len(tags)}",
+    )
 
 
 def _exit_one_line(message: str) -> NoReturn:

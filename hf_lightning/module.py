@@ -142,6 +142,9 @@ class HFLightningModule(pl.LightningModule):
         self._forward_model: nn.Module | None = None
         self._skip_rest_of_epoch = False
         self._grad_norm: float | None = None
+        # False until an evaluation batch carries labels: a label-free loss (contrastive) must not
+        # report accuracy/F1 of nothing as 0.
+        self._eval_has_labels = False
         # True when training_step runs its own backward (HF-style facade): gradients are then synced
         # by us, not by DDP's reducer (see on_train_start).
         self.manual_grad_sync = self.adversarial is not None
@@ -408,6 +411,7 @@ class HFLightningModule(pl.LightningModule):
         if logits is None and isinstance(result.outputs, dict):
             logits = result.outputs.get("logits")
         labels = batch.get("labels")
+        self._eval_has_labels = self._eval_has_labels or labels is not None
         self.task_metrics.update(logits, labels)
         if self.prediction_collector is not None and logits is not None:
             self.prediction_collector.update(logits, labels, batch.get("input_ids"))
@@ -418,6 +422,7 @@ class HFLightningModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._eval_window.reset()
+        self._eval_has_labels = False
         if self.prediction_collector is not None:
             self.prediction_collector.reset()
 
@@ -426,7 +431,9 @@ class HFLightningModule(pl.LightningModule):
     def evaluation_metrics(self) -> dict[str, float]:
         """Close the evaluation: HF-named metrics without prefix (loss, accuracy, f1, perplexity, ...)."""
         _, mean_loss = self._eval_window.close(self.device)
-        metrics = {"loss": mean_loss, **self.task_metrics.compute(mean_loss)}
+        metrics: dict[str, Any] = {"loss": mean_loss}
+        if self._eval_has_labels or not self.task_metrics.classification:
+            metrics.update(self.task_metrics.compute(mean_loss))
         if self.compute_metrics is not None and self.prediction_collector is not None:
             metrics.update(self.compute_metrics(self.prediction_collector.eval_prediction()))
             self.prediction_collector.reset()

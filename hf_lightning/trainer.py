@@ -38,7 +38,7 @@ from transformers.trainer_callback import CallbackHandler, ExportableState
 from transformers.trainer_utils import EvalLoopOutput, PredictionOutput, TrainOutput, set_seed, speed_metrics
 
 from hf_lightning.args import TrainingArguments
-from hf_lightning.callbacks.hf_bridge import HFCallbackBridge
+from hf_lightning.callbacks.hf_bridge import HFCallbackBridge, update_best_metric
 from hf_lightning.callbacks.hf_checkpoint import LIGHTNING_CKPT, TRAINER_STATE, save_hf_checkpoint
 from hf_lightning.checkpoint_io import (
     cleanup_incomplete,
@@ -103,13 +103,19 @@ class Trainer:
 
             self.label_smoother = LabelSmoothingLoss(self.args.label_smoothing_factor, task_spec(self.task).shift_labels)
         self.accelerator = LightningAccelerator(self)
-        self.state = TrainerState(is_local_process_zero=True, is_world_process_zero=True)
         self.control = TrainerControl()
-        default = [DefaultFlowCallback] + ([] if self.args.disable_tqdm is False else [PrinterCallback])
+        self.current_flos = 0.0
         hf_callbacks = [cb for cb in (callbacks or []) if not _is_lightning_callback(cb)]
         self.lightning_callbacks = [cb for cb in (callbacks or []) if _is_lightning_callback(cb)]
         self.callback_handler = CallbackHandler(
-            default + hf_callbacks, self.model, self.processing_class, self.optimizer, self.lr_scheduler
+            [DefaultFlowCallback, *hf_callbacks], self.model, self.processing_class, self.optimizer, self.lr_scheduler
+        )
+        if self.args.disable_tqdm is not False:
+            # After the user's callbacks, as in HF: PrinterCallback pops total_flos from the logs it is
+            # given, so callbacks before it see total_flos and callbacks after it do not.
+            self.add_callback(PrinterCallback)
+        self.state = TrainerState(
+            is_local_process_zero=True, is_world_process_zero=True, stateful_callbacks=self._stateful_callbacks()
         )
         self._module: TrainerModule | None = None
         self._pl_trainer: Any = None
@@ -120,6 +126,9 @@ class Trainer:
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
     # ================================================================ set-up helpers
+    def _stateful_callbacks(self) -> list[Any]:
+        return [cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)]
+
     def call_model_init(self, trial: Any = None) -> nn.Module:
         if self.model_init is None:
             raise ConfigError("model_init", "is required here", "pass model_init=... to Trainer")
@@ -382,6 +391,12 @@ class Trainer:
 
     def _check_eval_setup(self) -> None:
         args = self.args
+        metric = args.metric_for_best_model
+        if metric and self.compute_metrics is None and metric not in ("loss", "eval_loss"):
+            raise ConfigError(
+                "metric_for_best_model", f"{metric!r} is never produced: without compute_metrics evaluation reports only eval_loss",
+                "pass compute_metrics returning it, or use metric_for_best_model='eval_loss'",
+            )
         evaluating = str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no" or args.eval_on_start
         if evaluating and self.eval_dataset is None:
             raise ConfigError("eval_strategy", f"is {getattr(args.eval_strategy, 'value', args.eval_strategy)!r} but no eval_dataset was given",
@@ -406,10 +421,8 @@ class Trainer:
             self._hp_search_setup(trial)
         train_loader = self.get_train_dataloader()
         max_steps = total_optimizer_steps(args, len(train_loader))
-        self.state = TrainerState(
-            stateful_callbacks=[cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)],
-            train_batch_size=args.per_device_train_batch_size,
-        )
+        self.state = TrainerState(stateful_callbacks=self._stateful_callbacks(), train_batch_size=args.per_device_train_batch_size)
+        self.current_flos = 0.0
         if resume_dir is not None and (Path(resume_dir) / TRAINER_STATE).is_file():
             self.state = TrainerState.load_from_json(str(Path(resume_dir) / TRAINER_STATE))
         self.state.is_hyper_param_search = trial is not None
@@ -433,6 +446,7 @@ class Trainer:
 
     def _finish_training(self, start: float, num_samples: int, max_steps: int) -> TrainOutput:
         state, bridge = self.state, self._bridge
+        self.store_flos()
         steps_run = state.global_step - bridge.initial_step
         metrics = speed_metrics(
             "train", start, num_samples=num_samples * self.args.num_train_epochs if self.args.max_steps <= 0 else
@@ -470,31 +484,20 @@ class Trainer:
 
     def determine_best_metric(self, metrics: dict[str, float]) -> bool:
         """HF's best-metric bookkeeping; True when this evaluation is a new best."""
-        args = self.args
-        if args.metric_for_best_model is None:
-            return False
-        name = args.metric_for_best_model
-        key = name if name.startswith("eval_") else f"eval_{name}"
-        if key not in metrics:
-            raise ConfigError(
-                "metric_for_best_model", f"{name!r} is not produced by evaluation (got {sorted(metrics)})",
-                "use one of those keys, or add it in compute_metrics",
-            )
-        value = float(metrics[key])
-        better = np.greater if args.greater_is_better else np.less
-        if not math.isfinite(value):
-            return False  # a non-finite evaluation never becomes the best checkpoint
-        if self.state.best_metric is None or better(value, self.state.best_metric):
-            self.state.best_metric = value
-            self.state.best_global_step = self.state.global_step
-            return True
-        return False
+        return update_best_metric(self.args, self.state, metrics)
 
     def save_during_training(self) -> None:
+        self.store_flos()  # the checkpoint's trainer_state.json carries total_flos up to this step, as in HF
         state = self.state
-        target = Path(self.args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.best_global_step == state.global_step:
-            state.best_model_checkpoint = str(target)
+        if state.best_global_step:
+            # HF points at the best step's folder when that step was saved (this one, or an earlier one)
+            best = Path(self.args.output_dir) / f"checkpoint-{state.best_global_step}"
+            if state.best_global_step == state.global_step or best.is_dir():
+                state.best_model_checkpoint = str(best)
+        current: dict[str, list[dict]] = {}  # the checkpoint carries each callback's current state
+        for callback in self._stateful_callbacks():
+            current.setdefault(type(callback).__name__, []).append(callback.state())
+        state.stateful_callbacks.update({name: s[0] if len(s) == 1 else s for name, s in current.items()})
         save_hf_checkpoint(
             self._pl_trainer, self._module, self.args.output_dir, state, args=self.args,
             processing_class=self.processing_class, save_total_limit=self.args.save_total_limit,
@@ -615,6 +618,25 @@ class Trainer:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    def floating_point_ops(self, inputs: dict[str, Any]) -> float:
+        """FLOPs of one forward+backward on ``inputs``: 6 x input tokens x non-embedding parameters.
+
+        The usual transformer estimate, as HF reports it in ``total_flos``; 0 for models that are not
+        ``PreTrainedModel``s or batches without the model's main input. Override for a better count.
+        """
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+            return 0.0
+        return 6.0 * inputs[main_input].numel() * self.model.num_parameters(exclude_embeddings=True)
+
+    def store_flos(self) -> None:
+        """Move the FLOPs counted since the last call into ``state.total_flos`` (summed over ranks)."""
+        flos = self.current_flos
+        if self._module is not None:
+            flos = _all_reduce_int(flos, self._module.device)
+        self.state.total_flos += flos
+        self.current_flos = 0.0
+
     def save_state(self) -> None:
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
         self.state.save_to_json(os.path.join(self.args.output_dir, TRAINER_STATE))
@@ -660,7 +682,7 @@ def _rows(inputs: dict[str, Any]) -> int:
     return int(first.shape[0]) if first is not None else 1
 
 
-def _all_reduce_int(value: int, device: torch.device) -> float:
+def _all_reduce_int(value: float, device: torch.device) -> float:
     from hf_lightning.accumulation import all_reduce_sum
 
     return float(all_reduce_sum(torch.tensor(float(value), device=device)))

@@ -52,6 +52,7 @@ class TrainerModule(HFLightningModule):
         items = self.count_items(batch)
         self._current_items = items
         returned = self.host.call_training_step(self.forward_model, batch)
+        self.host.current_flos += self.host.floating_point_ops(batch)
         if not isinstance(returned, torch.Tensor):
             returned = torch.as_tensor(returned, device=self.device, dtype=torch.float32)
         if self._overridden_step:

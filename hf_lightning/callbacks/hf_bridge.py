@@ -17,11 +17,42 @@ import time
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
+import numpy as np
 from transformers import DefaultFlowCallback, TrainerCallback, TrainerControl, TrainerState
 from transformers.trainer_callback import CallbackHandler
 from transformers.trainer_utils import SaveStrategy
 
-__all__ = ["BridgeHost", "HFCallbackBridge", "HFCallbacks", "NativeHost"]
+from hf_lightning.errors import ConfigError
+
+__all__ = ["BridgeHost", "HFCallbackBridge", "HFCallbacks", "NativeHost", "update_best_metric"]
+
+
+def update_best_metric(args: Any, state: TrainerState, metrics: dict[str, float]) -> bool:
+    """HF's best-metric bookkeeping after an evaluation; True when ``metrics`` hold a new best.
+
+    It runs *after* ``on_evaluate``, as in HF: ``EarlyStoppingCallback`` compares the new value with
+    the best of the evaluations before it. A non-finite value never becomes the best (HF would keep a
+    NaN out too, but an ``inf`` could win with ``greater_is_better``).
+    """
+    name = args.metric_for_best_model
+    if name is None:
+        return False
+    key = name if name.startswith("eval_") else f"eval_{name}"
+    if key not in metrics:
+        raise ConfigError(
+            "metric_for_best_model", f"{name!r} is not produced by evaluation (got {sorted(metrics)})",
+            "use one of those keys, or add it in compute_metrics",
+        )
+    value = float(metrics[key])
+    if not math.isfinite(value):
+        return False
+    better = np.greater if args.greater_is_better else np.less
+    if state.best_metric is not None and not better(value, state.best_metric):
+        return False
+    state.best_metric = value
+    if args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST):
+        state.best_global_step = state.global_step  # HF records the step only when checkpoints are kept
+    return True
 
 
 class BridgeHost(Protocol):
@@ -104,6 +135,8 @@ class HFCallbackBridge(pl.Callback):
         self._apply_control(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if getattr(pl_module, "_skip_rest_of_epoch", False):
+            return  # the module answers -1 and Lightning ends the epoch: HF never begins this step
         if batch_idx % trainer.accumulate_grad_batches == 0:
             self._event("on_step_begin")
 
@@ -133,6 +166,11 @@ class HFCallbackBridge(pl.Callback):
         self._event("on_epoch_end")
         if self.drive:
             self.maybe_log_save_evaluate(pl_module)
+            if trainer.current_epoch + 1 >= self.host.state.num_train_epochs:
+                # HF runs a fixed number of epochs besides max_steps: after a callback's should_epoch_stop
+                # shortened them, HF ends below max_steps. (Not max_epochs in the plan: a finite
+                # max_epochs changes how Lightning restarts from a checkpoint.)
+                trainer.should_stop = True
         self._apply_control(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -163,6 +201,9 @@ class HFCallbackBridge(pl.Callback):
             self.total_loss += self.tr_loss
             self.tr_loss = 0.0
             self.last_logged = state.global_step
+            store_flos = getattr(host, "store_flos", None)
+            if store_flos is not None:
+                store_flos()
             host.log(logs)
         if host.control.should_evaluate:
             metrics = host.evaluate_during_training()
@@ -221,7 +262,7 @@ class NativeHost:
         return None
 
     def determine_best_metric(self, metrics: dict[str, float]) -> bool:
-        return False
+        return update_best_metric(self.args, self.state, metrics)
 
     def save_during_training(self) -> None:
         return None
@@ -263,7 +304,12 @@ class HFCallbacks(HFCallbackBridge):
         if trainer.sanity_checking or self.host is None:
             return
         metrics = dict(getattr(pl_module, "last_eval_metrics", {}) or {})
+        if self.host.state.epoch is not None:
+            metrics["epoch"] = self.host.state.epoch  # as HF's evaluate() passes them (log() adds it)
         self._event("on_evaluate", metrics=metrics)
+        if trainer.state.fn == "fit":
+            # best_metric feeds EarlyStoppingCallback's next comparison; HF updates it after on_evaluate
+            self.host.determine_best_metric(metrics)
         self._apply_control(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:

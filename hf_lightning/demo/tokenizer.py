@@ -45,7 +45,9 @@ DEMO_ASSETS_VERSION = 1
 _MANIFEST = "demo_manifest.json"
 
 
-def build_demo_tokenizer(texts_or_vocab: Iterable[str] | Mapping[str, int] | None = None) -> PreTrainedTokenizerFast:
+def build_demo_tokenizer(
+    texts_or_vocab: Iterable[str] | Mapping[str, int] | None = None,
+) -> PreTrainedTokenizerFast:
     """Return a word-level, BERT-style fast tokenizer.
 
     `texts_or_vocab` is ``None`` (the demo lexicon), an iterable of texts whose words become the
@@ -97,7 +99,9 @@ def _vocab(texts_or_vocab: Iterable[str] | Mapping[str, int] | None) -> dict[str
         # Split exactly as the tokenizer will, so the vocabulary covers its own pre-tokenization.
         splitter = pre_tokenizers.BertPreTokenizer()
         normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True, strip_accents=True)
-        words = {w for text in texts_or_vocab for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text))}
+        words = {
+            w for text in texts_or_vocab for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text))
+        }
     ordered = list(SPECIAL_TOKENS) + sorted(set(words) - set(SPECIAL_TOKENS))
     return {token: idx for idx, token in enumerate(ordered)}
 

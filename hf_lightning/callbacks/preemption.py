@@ -1,0 +1,172 @@
+"""Save a resumable checkpoint when the job is preempted (SIGTERM) or stopped with Ctrl-C (SIGINT).
+
+How Lightning 2.6 already handles SIGTERM, which this callback builds on: during ``fit`` its signal
+connector installs a SIGTERM handler that only sets ``trainer.received_sigterm`` (and forwards the
+signal to DDP child processes). The loops check the flag at safe points (after a training batch has
+fully finished, after an epoch end, between validation batches; under DDP rank 0's flag is broadcast
+at every batch so that all ranks stop at the same batch) and raise ``SIGTERMException``, a
+``SystemExit`` with no code. ``Trainer.fit`` catches it, calls every callback's ``on_exception``,
+tears down and re-raises. Two things are missing for preemption: no checkpoint is written, and the
+process exits with status 0, so a scheduler thinks the job finished and does not requeue it.
+
+:class:`PreemptionCheckpoint` fills both gaps in ``on_exception``: it saves with
+``trainer.save_checkpoint`` (all ranks call it, as Lightning requires; the state is consistent
+because the loops stop only between batches), then sets the exception's exit code to ``128 + signal``
+(143 for SIGTERM, 130 for SIGINT, the shell convention for "killed by signal").
+
+Ctrl-C would otherwise raise ``KeyboardInterrupt`` wherever the main thread happens to be, possibly in
+the middle of ``optimizer.step()``, where no consistent checkpoint exists. During training the first
+Ctrl-C is therefore turned into Lightning's SIGTERM request (stop at the next safe point, save,
+exit 130); a second Ctrl-C raises ``KeyboardInterrupt`` at once and saves nothing.
+
+The checkpoint resumes exactly when :class:`~hf_lightning.callbacks.resume.ExactResumeCallback` is in
+the same trainer (it adds the data position, RNG streams and any half-accumulated window to every
+checkpoint). By default it is written next to ModelCheckpoint's files as ``last-preempted.ckpt``,
+a name ``ckpt_path="last"`` picks up when it is the newest ``last*`` checkpoint there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from hf_lightning.errors import ConfigError
+
+__all__ = ["PreemptionCheckpoint"]
+
+_SUPPORTED = ("SIGTERM", "SIGINT")
+
+
+class PreemptionCheckpoint(pl.Callback):
+    """On SIGTERM or Ctrl-C during ``fit``: stop after the current batch, save a checkpoint, exit non-zero.
+
+    Args:
+        dirpath: folder for the checkpoint. Default: the ModelCheckpoint callback's folder if the
+            trainer has one, else ``<default_root_dir>/checkpoints``.
+        filename: file name without extension. The default starts with ``last`` so that
+            ``ckpt_path="last"`` finds it in a ModelCheckpoint folder.
+        signals: which of ``"SIGTERM"`` and ``"SIGINT"`` trigger a save.
+
+    After a save, :attr:`saved_path` is the file written and :attr:`received_signal` the signal.
+    """
+
+    FILE_EXTENSION = ".ckpt"
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str] | None = None,
+        filename: str = "last-preempted",
+        signals: tuple[str, ...] | list[str] = _SUPPORTED,
+    ) -> None:
+        if not filename or "/" in filename or os.sep in filename:
+            raise ConfigError(
+                "filename", f"must be a plain file name, got {filename!r}", "use e.g. 'last-preempted'; set dirpath"
+            )
+        unknown = [s for s in signals if s not in _SUPPORTED]
+        if unknown or not signals:
+            raise ConfigError(
+                "signals",
+                f"{list(signals)!r} is not a non-empty subset of {list(_SUPPORTED)}",
+                "use ['SIGTERM', 'SIGINT'] or one of them",
+            )
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.filename = filename
+        self.signals = tuple(signals)
+        self.saved_path: Path | None = None
+        self.received_signal: signal.Signals | None = None
+        self._trainer: pl.Trainer | None = None
+        self._previous_sigint: Any = None
+        self._sigint_installed = False
+
+    # ------------------------------------------------------------------ where
+
+    def checkpoint_path(self, trainer: pl.Trainer) -> Path:
+        """The file a preemption writes (the same on every rank)."""
+        if self.dirpath is not None:
+            folder = self.dirpath
+        elif isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.dirpath:
+            folder = Path(trainer.checkpoint_callback.dirpath)
+        else:
+            folder = Path(trainer.default_root_dir) / "checkpoints"
+        return folder / f"{self.filename}{self.FILE_EXTENSION}"
+
+    # ------------------------------------------------------------------ hooks
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from hf_lightning.callbacks.resume import ExactResumeCallback
+
+        if stage == TrainerFn.FITTING and not any(isinstance(cb, ExactResumeCallback) for cb in trainer.callbacks):
+            rank_zero_warn(
+                "PreemptionCheckpoint without ExactResumeCallback: the preemption checkpoint lacks the data "
+                "position and RNG state, so resuming from it will not continue the run exactly"
+            )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Route the first Ctrl-C through Lightning's stop-at-a-safe-point path (see the module docstring)."""
+        self.saved_path = None
+        self.received_signal = None
+        self._trainer = trainer
+        if "SIGINT" in self.signals and threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            self._sigint_installed = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_sigint()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore_sigint()
+        self._trainer = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Save and set a non-zero exit code when the loops stopped for SIGTERM (or our Ctrl-C request)."""
+        self._restore_sigint()
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        received = self.received_signal or signal.SIGTERM
+        if received.name not in self.signals:
+            return
+        self.received_signal = received
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        self.saved_path = path
+        # SystemExit without a code exits with status 0; a scheduler would take that for success.
+        exception.code = 128 + int(received)
+        rank_zero_info(
+            f"Stopped by {received.name}: saved a checkpoint to {path}. Resume with ckpt_path={str(path)!r} "
+            "(or 'last' if it is the newest last*.ckpt in the ModelCheckpoint folder)."
+        )
+
+    # ------------------------------------------------------------------ SIGINT
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.received_signal is not None:  # a second Ctrl-C: the user wants out now
+            self._restore_sigint()
+            raise KeyboardInterrupt
+        self.received_signal = signal.SIGINT
+        rank_zero_info(
+            "Ctrl-C: stopping after the current batch to save a checkpoint; press Ctrl-C again to stop at once "
+            "without one"
+        )
+        connector = getattr(self._trainer, "_signal_connector", None)
+        if connector is not None and hasattr(connector, "received_sigterm"):
+            # Under DDP rank 0's flag is broadcast at the next batch, so every rank stops at the same one.
+            connector.received_sigterm = True
+        else:  # a Lightning without the connector attribute: its public SIGTERM handling does the same
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _restore_sigint(self) -> None:
+        if not self._sigint_installed or threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGINT, self._previous_sigint if self._previous_sigint is not None else signal.SIG_DFL)
+        self._sigint_installed = False
+        self._previous_sigint = None

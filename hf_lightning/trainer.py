@@ -267,6 +267,32 @@ class Trainer:
         device = self.accelerator.device
         return move_to_device(inputs, device)
 
+    def _prepare_context_parallel_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[Callable, dict]:
+        """HF's context-parallel hook: a no-op context here (sequence sharding is a strategy concern)."""
+        return contextlib.nullcontext, inputs
+
+    @property
+    def neftune_hook_handle(self) -> Any:
+        """Exists (as in HF) once a run with ``neftune_noise_alpha`` started; seeds test ``hasattr``."""
+        if self.args.neftune_noise_alpha is None or self._module is None:
+            raise AttributeError("neftune_hook_handle")
+        from hf_lightning.neftune import _HANDLE_ATTR
+
+        return getattr(self.model, _HANDLE_ATTR, None)
+
+    def _activate_neftune(self, model: nn.Module) -> nn.Module:
+        """Put NEFTune back on ``model`` (while training only: outside fit no hook is left behind)."""
+        if self.args.neftune_noise_alpha is not None and self.is_in_train:
+            from hf_lightning.neftune import activate_neftune
+
+            activate_neftune(self.accelerator.unwrap_model(model), self.args.neftune_noise_alpha)
+        return model
+
+    def _deactivate_neftune(self, model: nn.Module) -> None:
+        from hf_lightning.neftune import deactivate_neftune
+
+        deactivate_neftune(self.accelerator.unwrap_model(model))
+
     def compute_loss_context_manager(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
         ctx = self.autocast_smart_context_manager()
@@ -307,7 +333,10 @@ class Trainer:
         inputs = self._prepare_inputs(inputs)
         with self.compute_loss_context_manager():
             loss = self._call_compute_loss(model, inputs, num_items_in_batch)
-        self.accelerator.backward(loss)
+        if self._module is not None:
+            self._module.backward_items_mean(loss)  # exact even when a transformers-4 override calls super()
+        else:
+            self.accelerator.backward(loss)
         return loss.detach()
 
     def prediction_step(
@@ -317,7 +346,9 @@ class Trainer:
         label_names = self.args.label_names or ["labels"]
         has_labels = all(inputs.get(k) is not None for k in label_names)
         inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
+        # Taken before compute_loss: overrides (the seeds' label smoothing) pop "labels" from inputs.
+        labels = inputs.get(label_names[0]) if has_labels else None
+        with torch.no_grad(), self.compute_loss_context_manager():
             if has_labels:
                 loss, outputs = self._call_compute_loss(model, inputs, None, return_outputs=True)
                 loss = loss.detach().mean()
@@ -326,7 +357,6 @@ class Trainer:
         if prediction_loss_only:
             return loss, None, None
         logits = _logits_from(outputs, ignore_keys)
-        labels = inputs.get(label_names[0]) if has_labels else None
         return loss, logits, labels
 
     def _call_compute_loss(self, model: nn.Module, inputs: dict, num_items: Any, return_outputs: bool = False) -> Any:
@@ -347,8 +377,10 @@ class Trainer:
         return type(self).training_step is not Trainer.training_step
 
     def call_training_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        # By keyword: overrides written as training_step(self, model, inputs, **kwargs) (seed 000) take it
+        # so, and transformers-4 overrides without the parameter get the two-argument call.
         if accepts_parameter(self.training_step, "num_items_in_batch"):
-            return self.training_step(model, inputs, self._module._current_items)
+            return self.training_step(model, inputs, num_items_in_batch=self._module._current_items)
         return self.training_step(model, inputs)
 
     # ================================================================ train
@@ -431,7 +463,7 @@ class Trainer:
             self.optimizer, self.lr_scheduler = None, None
         self._bridge = HFCallbackBridge(self, drive=True)
         plan = lightning_trainer_kwargs(args, self.model, max_steps)
-        plan["callbacks"] = [self._bridge, *_resume_callbacks(), *self.lightning_callbacks, *plan.get("callbacks", [])]
+        plan["callbacks"] = [self._bridge, *_resume_callbacks(self), *self.lightning_callbacks, *plan.get("callbacks", [])]
         self._pl_trainer = pl.Trainer(**plan)
         self.callback_handler.model = self.model
         self.is_in_train = True
@@ -498,11 +530,15 @@ class Trainer:
         for callback in self._stateful_callbacks():
             current.setdefault(type(callback).__name__, []).append(callback.state())
         state.stateful_callbacks.update({name: s[0] if len(s) == 1 else s for name, s in current.items()})
-        save_hf_checkpoint(
+        final = save_hf_checkpoint(
             self._pl_trainer, self._module, self.args.output_dir, state, args=self.args,
             processing_class=self.processing_class, save_total_limit=self.args.save_total_limit,
             protect=[state.best_model_checkpoint, self._resumed_from], save_only_model=self.args.save_only_model,
         )
+        if type(self).save_model is not Trainer.save_model and final.is_dir():
+            # HF writes every checkpoint's model through save_model(dir, _internal_call=True); an
+            # override (extra files, another format) gets the same call on the finished folder.
+            self.save_model(str(final), _internal_call=True)
 
     # ================================================================ evaluate / predict
     def evaluate(
@@ -539,13 +575,18 @@ class Trainer:
 
     def evaluation_loop(
         self, dataloader: DataLoader, description: str, prediction_loss_only: bool | None = None,
-        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval", keep_predictions: bool = False,
+        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval",
     ) -> EvalLoopOutput:
-        """Stream over the dataloader; predictions are kept only for ``compute_metrics`` or ``predict``."""
+        """Stream over the dataloader; predictions are kept only when asked for (HF's signature).
+
+        ``prediction_loss_only=None`` means ``args.prediction_loss_only``, as in HF: ``evaluate`` passes
+        True without ``compute_metrics`` (so nothing but the loss is kept), ``predict`` passes None.
+        """
         from hf_lightning.accumulation import WindowCounter
 
         model = self._eval_model()
-        want_preds = keep_predictions or self.compute_metrics is not None
+        loss_only = prediction_loss_only if prediction_loss_only is not None else self.args.prediction_loss_only
+        want_preds = not loss_only
         collector = PredictionCollector(self.preprocess_logits_for_metrics) if want_preds else None
         counter = WindowCounter()
         samples = 0
@@ -586,7 +627,7 @@ class Trainer:
         dataloader = self.get_test_dataloader(test_dataset)
         start = time.time()
         output = self.evaluation_loop(dataloader, description="Prediction", ignore_keys=ignore_keys,
-                                      metric_key_prefix=metric_key_prefix, keep_predictions=True)
+                                      metric_key_prefix=metric_key_prefix)
         batches = math.ceil(output.num_samples / self.args.per_device_eval_batch_size) if output.num_samples else 0
         output.metrics.update(speed_metrics(metric_key_prefix, start, num_samples=output.num_samples, num_steps=batches))
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, output.metrics)
@@ -696,12 +737,18 @@ def _to_float(value: Any) -> Any:
     return value
 
 
-def _resume_callbacks() -> list[Any]:
-    try:
-        from hf_lightning.callbacks.resume import ExactResumeCallback
-    except ImportError:  # pragma: no cover - during development only
-        return []
-    return [ExactResumeCallback()]
+def _resume_callbacks(host: Trainer) -> list[Any]:
+    from hf_lightning.callbacks.preemption import PreemptionCheckpoint
+    from hf_lightning.callbacks.resume import ExactResumeCallback
+
+    class HFPreemption(PreemptionCheckpoint):
+        """On SIGTERM / Ctrl-C write a ``checkpoint-N`` folder, which ``resume_from_checkpoint=True`` finds."""
+
+        def save(self, trainer: Any, pl_module: Any) -> Path:
+            host.save_during_training()
+            return Path(host.args.output_dir) / f"checkpoint-{host.state.global_step}"
+
+    return [ExactResumeCallback(), HFPreemption()]
 
 
 def _is_lightning_callback(callback: Any) -> bool:

@@ -5,6 +5,18 @@ routes the training step through the facade's overridable ``training_step``/``co
 HF's signatures), registers trainable tensors that a ``Trainer`` subclass owns (e.g. uncertainty
 weights kept on the trainer, as in the seeds), and builds the optimizer through the facade's
 ``create_optimizer``/``create_scheduler``. It knows the facade only as a duck-typed ``host``.
+
+Two ways a backward reaches the strategy (both zero gradients at a window's start, both keep loss
+scaling and DDP intact):
+
+* **item-exact** (the facade's own ``training_step``, and overrides that take ``num_items_in_batch``,
+  i.e. code written for transformers 5): the loss is a per-micro-batch mean; it is turned into a sum
+  over items and the window is normalised by its item count at the optimizer step (accumulation.py).
+* **literal** (``accelerator.backward`` inside a ``training_step`` override *without*
+  ``num_items_in_batch``, i.e. code written for transformers 4, which scales by
+  ``gradient_accumulation_steps`` itself, as the seeds' FGM trainer does): the gradient is exactly
+  that of the losses passed, summed over the window and averaged over ranks, as with
+  transformers >= 4.46 (whose accelerator no longer divides by the accumulation steps).
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from hf_lightning.accumulation import all_reduce_gradients, scale_gradients
 from hf_lightning.module import HFLightningModule
 
 __all__ = ["LightningAccelerator", "TrainerModule", "accepts_parameter"]
@@ -38,10 +51,12 @@ class TrainerModule(HFLightningModule):
         object.__setattr__(self, "host", host)  # not a submodule: the facade is not part of the model
         extra = {name: p for name, p in vars(host).items() if isinstance(p, nn.Parameter)}
         self.host_params = nn.ParameterDict(extra)
-        modules = {name: m for name, m in vars(host).items() if isinstance(m, nn.Module) and m is not model}
-        modules = {n: m for n, m in modules.items() if any(p.requires_grad for p in m.parameters())}
-        self.host_modules = nn.ModuleDict(modules)
+        self.host_modules = nn.ModuleDict(_trainable_host_modules(host, model))
         self._overridden_step = host.training_step_is_overridden()
+        # An override without num_items_in_batch follows the transformers 4 contract: its
+        # accelerator.backward calls are taken literally (see the module docstring).
+        self.literal_backward = self._overridden_step and not accepts_parameter(host.training_step, "num_items_in_batch")
+        self._literal_window = False
         self.manual_grad_sync = True  # HF's training_step calls backward itself
         self._user_loss = 0.0
 
@@ -63,18 +78,70 @@ class TrainerModule(HFLightningModule):
             return returned * items
         return returned.detach()
 
+    def backward_items_mean(self, loss: torch.Tensor) -> None:
+        """Backward a per-micro-batch mean so that the window's gradient is the mean over its items."""
+        items = self._current_items if self._current_items is not None else 1
+        self.backward_now(loss * items)
+
+    def backward_literal(self, loss: torch.Tensor) -> None:
+        """Backward exactly ``loss`` (summed over the window's calls); no item normalisation."""
+        self._literal_window = True
+        # backward_now divides by accumulate_grad_batches (Lightning's convention); undo it here.
+        self.backward_now(loss * self.trainer.accumulate_grad_batches)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        super().on_before_optimizer_step(optimizer)
+        if self._literal_window:
+            self._finish_literal_window(optimizer)
+        else:
+            super().on_before_optimizer_step(optimizer)
+        self._literal_window = False
         if self._overridden_step:
             # HF logs the sum of what an overridden training_step returned over the window.
             self._step_loss = self._user_loss
             self._user_loss = 0.0
+        schedulers = self.trainer.lr_scheduler_configs
+        last_lr = getattr(schedulers[0].scheduler, "get_last_lr", None) if schedulers else None
+        if last_lr is not None:
+            # HF logs the scheduler's rate, not the optimizer's: a callback that sets the optimizer's
+            # lr itself (the seeds' WarmupCallback) changes training but not the logged value.
+            lr = last_lr()[0]
+            self._step_lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+    def _finish_literal_window(self, optimizer: torch.optim.Optimizer) -> None:
+        """Optimizer-step bookkeeping for a literal window: gradients stay as the user made them."""
+        _, self._step_loss = self._train_window.close(self.device)  # resets the counter (a collective)
+        if getattr(self, "_grads_synced_here", False):
+            all_reduce_gradients(self.parameters())
+            scale_gradients(self.parameters(), 1.0 / self.trainer.world_size)  # DDP averages over ranks
+        self._step_lr = optimizer.param_groups[0]["lr"]
+        self._stepped = True
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # HF clears gradients right after the step, before on_step_end; callbacks there (and an
+        # evaluation at this step) see none, as under transformers.Trainer.
+        optimizer.zero_grad()
 
     def configure_optimizers(self) -> Any:
         optimizer = self.host.create_optimizer()
         num_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = self.host.create_scheduler(num_training_steps=num_steps, optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _trainable_host_modules(host: Any, model: nn.Module) -> dict[str, nn.Module]:
+    """Modules a Trainer subclass keeps on itself that should train with the model.
+
+    A module in eval mode is taken as frozen (the seeds' distillation teacher: ``teacher.eval()``),
+    as are modules without trainable parameters; transformers.Trainer would not train either.
+    """
+    found = {}
+    for name, value in vars(host).items():
+        if not isinstance(value, nn.Module) or value is model or not value.training:
+            continue
+        if any(p.requires_grad for p in value.parameters()):
+            found[name] = value
+    return found
 
 
 class LightningAccelerator:
@@ -97,9 +164,12 @@ class LightningAccelerator:
         return module._trainer if module is not None else None
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """HF's ``accelerator.backward``: literal for transformers-4 style overrides, else item-exact."""
         module = self._module
-        items = module._current_items if module._current_items is not None else 1
-        module.backward_now(loss * items)
+        if module.literal_backward:
+            module.backward_literal(loss)
+        else:
+            module.backward_items_mean(loss)
 
     def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True) -> nn.Module:
         while True:

@@ -23,6 +23,18 @@ def _cli(args: list[str], cwd: Path) -> tuple[int, str]:
     return run.returncode, run.stderr
 
 
+def _cli_in_process(args: list[str], cwd: Path, capsys, monkeypatch) -> tuple[int, str]:
+    """The same entry point as the console script, without paying Python start-up per case."""
+    from hf_lightning.cli import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["hf-lightning"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(REPO / "configs/quickstart.yaml"), *args])
+    return int(info.value.code or 0), capsys.readouterr().err
+
+
 def _files(tmp: Path) -> dict[str, str]:
     (tmp / "data.xlsx").write_text("not a table")
     (tmp / "empty.csv").write_text("text,label\n")
@@ -37,6 +49,7 @@ def _files(tmp: Path) -> dict[str, str]:
 CLI_CASES = {
     "unknown config key": (["--model.learning_rat=0.1"], "learning_rat"),
     "wrong type": (["--model.learning_rate=fast"], "learning_rate"),
+    "abbreviated key (no silent prefix match)": (["--trainer.max_epoch=1"], "max_epoch"),
     "missing text column": (["--data.text_column=body"], "data.text_column"),
     "missing label column": (["--data.label_column=sentiment"], "data.label_column"),
     "label outside num_labels": (["--data.label_names=[negative]"], "outside"),
@@ -61,17 +74,32 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return _files(tmp_path_factory.mktemp("bad"))
 
 
-@pytest.mark.parametrize("case", sorted(CLI_CASES))
-def test_cli_bad_input(case: str, bad_files: dict[str, str], tmp_path: Path, demo_assets) -> None:
-    args, expected = CLI_CASES[case]
-    args = [a.format(**bad_files) if "{" in a and "train:" not in a else a for a in args]
-    args = [a.replace("{xlsx}", bad_files["xlsx"]).replace("{empty}", bad_files["empty"]) for a in args]
-    code, stderr = _cli(args + QUICK, tmp_path)
+def _check(code: int, stderr: str, expected: str, tmp_path: Path) -> None:
     errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
     assert code == 2, stderr[-3000:]
     assert len(errors) == 1 and expected in errors[0] and "Fix:" in errors[0], stderr[-3000:]
     assert "Traceback" not in stderr
     assert not list(tmp_path.rglob("*.ckpt")), "no output is written for bad input"
+
+
+def _fill(args: list[str], bad_files: dict[str, str]) -> list[str]:
+    args = [a.format(**bad_files) if "{" in a and "train:" not in a else a for a in args]
+    return [a.replace("{xlsx}", bad_files["xlsx"]).replace("{empty}", bad_files["empty"]) for a in args]
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_cli_bad_input(case: str, bad_files: dict[str, str], tmp_path: Path, demo_assets, capsys, monkeypatch) -> None:
+    args, expected = CLI_CASES[case]
+    code, stderr = _cli_in_process(_fill(args, bad_files) + QUICK, tmp_path, capsys, monkeypatch)
+    _check(code, stderr, expected, tmp_path)
+
+
+@pytest.mark.parametrize("case", ["unknown config key", "missing label column", "corrupt resume file"])
+def test_console_script_bad_input(case: str, bad_files: dict[str, str], tmp_path: Path, demo_assets) -> None:
+    """A few cases through a real process: exit status 2 and one line on stderr."""
+    args, expected = CLI_CASES[case]
+    code, stderr = _cli(_fill(args, bad_files) + QUICK, tmp_path)
+    _check(code, stderr, expected, tmp_path)
 
 
 def _trainer(tmp_path: Path, dataset, tokenizer, **kw) -> Trainer:

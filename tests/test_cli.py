@@ -24,10 +24,16 @@ def test_every_config_is_found() -> None:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
-def test_config_parses(config: Path, tmp_path: Path) -> None:
-    result = _cli("fit", "--config", str(config), "--print_config", cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "model:" in result.stdout and "trainer:" in result.stdout
+def test_config_parses(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hf_lightning.cli import main
+
+    monkeypatch.chdir(REPO)  # configs name their sample data relative to the repository root
+    monkeypatch.setattr(sys, "argv", ["hf-lightning"])
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(config), "--print_config"])
+    out = capsys.readouterr()
+    assert info.value.code in (0, None), out.err[-2000:]
+    assert "model:" in out.out and "trainer:" in out.out
 
 
 def test_quickstart_end_to_end(tmp_path: Path, demo_assets: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,23 +61,3 @@ def test_quickstart_end_to_end(tmp_path: Path, demo_assets: dict[str, str], monk
     assert "torch.Size([1, 2])" in out.stdout
     assert list(tmp_path.rglob("*.ckpt")), "a Lightning checkpoint is written"
     assert list(tmp_path.rglob("metrics.csv")), "CSV logs are written"
-
-
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["--model.learning_rat=0.1"], "learning_rat"),
-        (["--trainer.max_epoch=1"], "max_epoch"),
-        (["--model.learning_rate=fast"], "learning_rate"),
-        (["--model.optim=adamw_torh"], "optim"),
-        (["--model.model.hiden_size=8"], "hiden_size"),
-        (["--model.num_labels=3"], "model.num_labels"),
-    ],
-)
-def test_config_errors_are_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
-    result = _cli("fit", "--config", str(REPO / "configs/quickstart.yaml"), *args, "--trainer.max_steps=1", cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error")]
-    assert len(errors) == 1, result.stderr
-    assert expected in errors[0] and "Fix:" in errors[0], errors[0]
-    assert "Traceback" not in result.stderr

@@ -377,8 +377,7 @@ def test_multitask_config_learns_task_weights(in_tmp: Path) -> None:
 def test_multitask_config_refuses_a_token_head_that_does_not_fit_the_tags(
     in_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = {"model_type": "hf_lightning_multitask", **TINY_MODELS["bert"], "num_ner_labels": 2}
-    model["model_type"] = "hf_lightning_multitask"
+    model = {**TINY_MODELS["bert"], "model_type": "hf_lightning_multitask", "num_ner_labels": 2}
     with pytest.raises(SystemExit) as exit_info:
         fit(
             "multitask.yaml",

@@ -190,21 +190,26 @@ class HFCallbackBridge(pl.Callback):
         steps = self.host.state.global_step - self.initial_step
         return (self.total_loss + self.tr_loss) / max(steps, 0.001)
 
+    def log_training(self, pl_module: pl.LightningModule) -> None:
+        """HF's training log: mean loss since the last log, grad_norm of this step, learning rate."""
+        host, state = self.host, self.host.state
+        logs: dict[str, float] = {"loss": self.tr_loss / max(state.global_step - self.last_logged, 1)}
+        grad_norm = getattr(pl_module, "_grad_norm", None)
+        if grad_norm is not None:
+            logs["grad_norm"] = grad_norm
+        logs["learning_rate"] = getattr(pl_module, "_step_lr", float("nan"))
+        self.total_loss += self.tr_loss
+        self.tr_loss = 0.0
+        self.last_logged = state.global_step
+        store_flos = getattr(host, "store_flos", None)
+        if store_flos is not None:
+            store_flos()
+        host.log(logs)
+
     def maybe_log_save_evaluate(self, pl_module: pl.LightningModule) -> None:
         host, state, control = self.host, self.host.state, self.host.control
         if control.should_log and state.global_step > self.last_logged:
-            logs: dict[str, float] = {"loss": self.tr_loss / (state.global_step - self.last_logged)}
-            grad_norm = getattr(pl_module, "_grad_norm", None)
-            if grad_norm is not None:
-                logs["grad_norm"] = grad_norm
-            logs["learning_rate"] = getattr(pl_module, "_step_lr", float("nan"))
-            self.total_loss += self.tr_loss
-            self.tr_loss = 0.0
-            self.last_logged = state.global_step
-            store_flos = getattr(host, "store_flos", None)
-            if store_flos is not None:
-                store_flos()
-            host.log(logs)
+            self.log_training(pl_module)
         if host.control.should_evaluate:
             metrics = host.evaluate_during_training()
             is_new_best = host.determine_best_metric(metrics) if metrics is not None else False
@@ -254,8 +259,9 @@ class NativeHost:
             self.callback_handler.add_callback(DefaultFlowCallback)
 
     def log(self, logs: dict[str, float]) -> None:
-        output = {**logs, "epoch": self.state.epoch, "step": self.state.global_step}
-        self.state.log_history.append(output)
+        if self.state.epoch is not None:
+            logs["epoch"] = self.state.epoch  # callbacks get it in ``logs``, as from HF's Trainer.log
+        self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
 
     def evaluate_during_training(self) -> dict[str, float] | None:
@@ -295,9 +301,10 @@ class HFCallbacks(HFCallbackBridge):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[override]
         stepped = trainer.global_step > self.seen_step
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        log = getattr(pl_module, "last_train_log", None)
-        if stepped and log and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
-            self.host.log({k: v for k, v in log.items() if k != "epoch"})
+        # Built from what the module recorded at this optimizer step: the module's own last_train_log
+        # is written after the callbacks' on_train_batch_end, so it would lag one step behind.
+        if stepped and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            self.log_training(pl_module)
             self._apply_control(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -136,8 +136,7 @@ class PreemptionCheckpoint(pl.Callback):
         if received.name not in self.signals:
             return
         self.received_signal = received
-        path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        path = self.save(trainer, pl_module)
         self.saved_path = path
         # SystemExit without a code exits with status 0; a scheduler would take that for success.
         exception.code = 128 + int(received)
@@ -145,6 +144,12 @@ class PreemptionCheckpoint(pl.Callback):
             f"Stopped by {received.name}: saved a checkpoint to {path}. Resume with ckpt_path={str(path)!r} "
             "(or 'last' if it is the newest last*.ckpt in the ModelCheckpoint folder)."
         )
+
+    def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path:
+        """Write the preemption checkpoint (a collective); subclasses change the format."""
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        return path
 
     # ------------------------------------------------------------------ SIGINT
 

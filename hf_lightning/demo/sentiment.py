@@ -15,8 +15,8 @@ training loop, so this grammar is built to need word order:
 * expectations resolve at the very end ("i thought it would be great, and it was not").
 
 Labels are noise-free (1 = positive, 0 = negative), balanced in every split, and no sentence
-appears in two splits. A small tiny-BERT learns the task to >= 0.93 test accuracy in well under
-a minute on CPU; a bag-of-words logistic regression stays near 0.7.
+appears in two splits. A 3-layer, 128-wide BERT trained from scratch reaches ~0.96 test accuracy
+in about a thousand CPU steps, while a bag-of-words logistic regression stays below 0.6.
 """
 
 from __future__ import annotations
@@ -288,6 +288,10 @@ def _split_rows(
         for label, needed in ((1, pos_needed), (0, neg_needed)):
             if len(pools[label]) < needed:
                 pools[label].append(next(streams[label]))
+    # Shuffle before dealing: late draws are skewed toward long sentences (short ones are more
+    # often already taken), and dealing in draw order would hand that skew to the test split.
+    for label in (1, 0):
+        rng.shuffle(pools[label])
     rows: dict[str, tuple[list[str], list[int]]] = {}
     taken = {1: 0, 0: 0}
     for name, size in sizes.items():

@@ -100,12 +100,13 @@ class TrainerModule(HFLightningModule):
             self._step_loss = self._user_loss
             self._user_loss = 0.0
         schedulers = self.trainer.lr_scheduler_configs
-        last_lr = getattr(schedulers[0].scheduler, "get_last_lr", None) if schedulers else None
-        if last_lr is not None:
+        try:
             # HF logs the scheduler's rate, not the optimizer's: a callback that sets the optimizer's
             # lr itself (the seeds' WarmupCallback) changes training but not the logged value.
-            lr = last_lr()[0]
-            self._step_lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+            lr = schedulers[0].scheduler.get_last_lr()[0]
+        except (AttributeError, IndexError):
+            return  # no scheduler, or one without get_last_lr: keep the optimizer's rate
+        self._step_lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
 
     def _finish_literal_window(self, optimizer: torch.optim.Optimizer) -> None:
         """Optimizer-step bookkeeping for a literal window: gradients stay as the user made them."""
@@ -118,9 +119,10 @@ class TrainerModule(HFLightningModule):
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        # HF clears gradients right after the step, before on_step_end; callbacks there (and an
-        # evaluation at this step) see none, as under transformers.Trainer.
-        optimizer.zero_grad()
+        if not getattr(self.trainer.strategy, "handles_gradient_accumulation", False):  # DeepSpeed clears its own
+            # HF clears gradients right after the step, before on_step_end; callbacks there (and an
+            # evaluation at this step) see none, as under transformers.Trainer.
+            optimizer.zero_grad()
 
     def configure_optimizers(self) -> Any:
         optimizer = self.host.create_optimizer()
@@ -132,8 +134,10 @@ class TrainerModule(HFLightningModule):
 def _trainable_host_modules(host: Any, model: nn.Module) -> dict[str, nn.Module]:
     """Modules a Trainer subclass keeps on itself that should train with the model.
 
-    A module in eval mode is taken as frozen (the seeds' distillation teacher: ``teacher.eval()``),
-    as are modules without trainable parameters; transformers.Trainer would not train either.
+    transformers.Trainer optimizes ``self.model`` only; training what a subclass adds (the seeds'
+    uncertainty weights) is this facade's extension. So it stays narrow: a module in eval mode is
+    taken as frozen (the seeds' distillation teacher: ``teacher.eval()``), as is one without
+    trainable parameters.
     """
     found = {}
     for name, value in vars(host).items():
@@ -147,8 +151,8 @@ def _trainable_host_modules(host: Any, model: nn.Module) -> dict[str, nn.Module]
 class LightningAccelerator:
     """The slice of ``accelerate.Accelerator`` that HF ``Trainer`` subclasses call, on Lightning.
 
-    ``backward`` goes through the strategy (loss scaling, DDP hooks) and converts the per-micro-batch
-    mean the HF code computes into a sum over items, so the module's window normalisation stays exact.
+    ``backward`` goes through the strategy (loss scaling, DDP hooks): literally inside a transformers-4
+    style ``training_step`` override, item-exact otherwise (see the module docstring).
     """
 
     def __init__(self, host: Any) -> None:

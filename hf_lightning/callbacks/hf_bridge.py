@@ -277,13 +277,15 @@ class NativeHost:
 class HFCallbacks(HFCallbackBridge):
     """Use HF ``TrainerCallback``s in a plain Lightning run or a LightningCLI config.
 
-    ``trainer.callbacks: [{class_path: hf_lightning.callbacks.HFCallbacks, init_args: {callbacks:
+    ``trainer.callbacks: [{class_path: hf_lightning.callbacks.hf_bridge.HFCallbacks, init_args: {callbacks:
     [{class_path: transformers.EarlyStoppingCallback, init_args: {early_stopping_patience: 2}}]}}]``
 
     Events fire at the same points as in HF; ``on_evaluate`` fires after each Lightning validation
-    with the module's ``eval_*`` metrics, ``on_log`` after each optimizer step that Lightning logs,
-    ``on_save`` after each Lightning checkpoint; ``should_training_stop`` / ``should_epoch_stop``
-    stop the run. ``args`` defaults to a TrainingArguments derived from the Lightning trainer.
+    with the module's ``eval_*`` metrics (and ``state.best_metric`` follows ``metric_for_best_model``
+    afterwards, which ``EarlyStoppingCallback`` relies on), ``on_log`` every ``log_every_n_steps``
+    optimizer steps, ``on_save`` after each Lightning checkpoint; ``should_training_stop`` /
+    ``should_epoch_stop`` stop the run. ``args`` defaults to a TrainingArguments derived from the
+    Lightning trainer (``metric_for_best_model="eval_loss"``).
     """
 
     def __init__(self, callbacks: list[TrainerCallback] | None = None, args: Any = None) -> None:

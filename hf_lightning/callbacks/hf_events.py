@@ -9,13 +9,22 @@ HF's training loop, and the Lightning hook (or facade method) that plays each pa
           training_step, backward
         on_train_batch_end (mid-window) ....... on_substep_end
         configure_gradient_clipping, after clip on_pre_optimizer_step
-        optimizer_step, after step ............ on_optimizer_step
+        optimizer_step, after step ............ on_optimizer_step   (then gradients are cleared, as in HF)
         on_train_batch_end (window end) ....... on_step_end, then log/evaluate/save as HF decides:
             log ............................... on_log
             evaluate (prediction steps) ....... on_prediction_step ... on_evaluate
             save (checkpoint-N/) .............. on_save
-      on_train_epoch_end ...................... on_epoch_end, then log/evaluate/save
+        (a batch after should_epoch_stop) ..... nothing: the module answers -1, the epoch ends
+      on_train_epoch_end ...................... on_epoch_end, then log/evaluate/save; after HF's epoch
+                                                count (fixed, like max_steps) training stops
     on_train_end .............................. on_train_end        (after the final log)
+
+``tests/test_event_order.py`` records every event of the same runs under transformers.Trainer and the
+facade and asserts identical sequences (with step, epoch, control flags and state).
+
+Plain Lightning runs (``HFCallbacks``) keep Lightning's own cadence instead: ``on_log`` every
+``log_every_n_steps`` optimizer steps, ``on_evaluate`` after each Lightning validation (then
+``state.best_metric`` is updated, as HF does after ``on_evaluate``), ``on_save`` per Lightning checkpoint.
     Trainer.predict ........................... on_prediction_step ... on_predict
     (Hub push) ................................ on_push_begin       (never: no Hub uploads)
 """
@@ -35,7 +44,7 @@ HF_EVENTS: dict[str, str] = {
     "on_step_end": "on_train_batch_end (micro-batch that stepped)",
     "on_epoch_end": "on_train_epoch_end",
     "on_train_end": "on_train_end",
-    "on_log": "bridge.log (HF cadence) / module logging (Lightning-native)",
+    "on_log": "bridge.log_training (HF cadence) / every log_every_n_steps (Lightning-native)",
     "on_evaluate": "bridge evaluation (HF cadence) / on_validation_end (Lightning-native)",
     "on_prediction_step": "each evaluation or prediction batch",
     "on_predict": "Trainer.predict",

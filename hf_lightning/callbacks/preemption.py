@@ -35,6 +35,8 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -85,8 +87,7 @@ class PreemptionCheckpoint(pl.Callback):
         self.saved_path: Path | None = None
         self.received_signal: signal.Signals | None = None
         self._trainer: pl.Trainer | None = None
-        self._previous_sigint: Any = None
-        self._sigint_installed = False
+        self._previous: dict[signal.Signals, Any] = {}
 
     # ------------------------------------------------------------------ where
 
@@ -112,24 +113,39 @@ class PreemptionCheckpoint(pl.Callback):
             )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Route the first Ctrl-C through Lightning's stop-at-a-safe-point path (see the module docstring)."""
+        """Install the signal handlers: Ctrl-C always, SIGTERM only under DDP (see the module docstring)."""
         self.saved_path = None
         self.received_signal = None
         self._trainer = trainer
-        if "SIGINT" in self.signals and threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-            self._sigint_installed = True
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python only lets the main thread set handlers; Lightning's SIGTERM path still works
+        if "SIGINT" in self.signals:
+            self._install(signal.SIGINT)
+        if "SIGTERM" in self.signals and trainer.world_size > 1:
+            self._install(signal.SIGTERM)  # in place of Lightning's handler, for this fit only
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Under DDP: agree whether any rank got a signal, so that every rank stops after this same batch."""
+        if not self._previous or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        flag = torch.tensor([int(self.received_signal or 0)], device=trainer.strategy.root_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        received = int(flag.item())
+        if received:
+            self.received_signal = signal.Signals(received)
+            self._request_stop()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_sigint()
+        self._restore_handlers()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore_sigint()
+        self._restore_handlers()
         self._trainer = None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Save and set a non-zero exit code when the loops stopped for SIGTERM (or our Ctrl-C request)."""
-        self._restore_sigint()
+        self._restore_handlers()
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return
         received = self.received_signal or signal.SIGTERM
@@ -151,27 +167,40 @@ class PreemptionCheckpoint(pl.Callback):
         trainer.save_checkpoint(path)
         return path
 
-    # ------------------------------------------------------------------ SIGINT
+    # ------------------------------------------------------------------ signal handling
 
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self.received_signal is not None:  # a second Ctrl-C: the user wants out now
-            self._restore_sigint()
-            raise KeyboardInterrupt
-        self.received_signal = signal.SIGINT
-        rank_zero_info(
-            "Ctrl-C: stopping after the current batch to save a checkpoint; press Ctrl-C again to stop at once "
-            "without one"
-        )
+    def _install(self, signum: signal.Signals) -> None:
+        self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Record the signal; stop at the next safe point (single process) or after the agreement (DDP)."""
+        if self.received_signal is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now, without a checkpoint
+                self._restore_handlers()
+                raise KeyboardInterrupt
+            return
+        self.received_signal = signal.Signals(signum)
+        if signum == signal.SIGINT:
+            rank_zero_info(
+                "Ctrl-C: stopping after the current batch to save a checkpoint; press Ctrl-C again to stop at "
+                "once without one"
+            )
+        if self._trainer is not None and self._trainer.world_size <= 1:
+            self._request_stop()
+        # Under DDP the flag is set in on_train_batch_end, on every rank at the same batch: a rank that
+        # stopped on its own would wait in the checkpoint collective while the others train on.
+
+    def _request_stop(self) -> None:
+        """Ask Lightning's loops to stop at their next safe point, as its own SIGTERM handler does."""
         connector = getattr(self._trainer, "_signal_connector", None)
         if connector is not None and hasattr(connector, "received_sigterm"):
-            # Under DDP rank 0's flag is broadcast at the next batch, so every rank stops at the same one.
             connector.received_sigterm = True
         else:  # a Lightning without the connector attribute: its public SIGTERM handling does the same
             os.kill(os.getpid(), signal.SIGTERM)
 
-    def _restore_sigint(self) -> None:
-        if not self._sigint_installed or threading.current_thread() is not threading.main_thread():
+    def _restore_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
             return
-        signal.signal(signal.SIGINT, self._previous_sigint if self._previous_sigint is not None else signal.SIG_DFL)
-        self._sigint_installed = False
-        self._previous_sigint = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}

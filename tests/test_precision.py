@@ -50,3 +50,14 @@ def test_gradient_checkpointing_matches_plain_run(cls_dataset, demo_tokenizer, t
         assert model.is_gradient_checkpointing == checkpointing
         results.append(model.state_dict())
     assert max((results[0][k] - results[1][k]).abs().max().item() for k in results[0]) <= 1e-6
+
+
+@pytest.mark.slow
+def test_torch_compile_trains(cls_dataset, demo_tokenizer, tmp_path: Path) -> None:
+    model = tiny_bert_classifier(len(demo_tokenizer))
+    trainer = Trainer(model=model, args=_args(tmp_path, torch_compile=True, max_steps=2),
+                      train_dataset=cls_dataset, processing_class=demo_tokenizer)
+    trainer.train()
+    assert trainer._module.forward_model is not model, "the forward pass goes through torch.compile"
+    assert hasattr(trainer._module.forward_model, "_orig_mod")
+    assert trainer.state.global_step == 2

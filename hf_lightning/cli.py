@@ -17,7 +17,6 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from hf_lightning.callbacks.hf_export import HFExportCallback
 from hf_lightning.callbacks.preemption import PreemptionCheckpoint
 from hf_lightning.callbacks.resume import ExactResumeCallback
-from hf_lightning.checkpoint_io_plugin import AtomicCheckpointIO
 from hf_lightning.data import HFDataModule
 from hf_lightning.errors import ConfigError
 from hf_lightning.module import HFLightningModule
@@ -177,7 +176,7 @@ def run_cli(args: list[str] | None = None) -> HFLightningCLI:
                 # Exact mid-epoch resume, a checkpoint on SIGTERM/Ctrl-C, and checkpoint files that a
                 # killed process can never leave half-written.
                 "callbacks": [HFExportCallback(), ExactResumeCallback(), PreemptionCheckpoint()],
-                "plugins": [AtomicCheckpointIO()],
+                "plugins": [{"class_path": "hf_lightning.checkpoint_io_plugin.AtomicCheckpointIO"}],
             },
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,

@@ -3,8 +3,7 @@
 How Lightning 2.6 already handles SIGTERM, which this callback builds on: during ``fit`` its signal
 connector installs a SIGTERM handler that only sets ``trainer.received_sigterm`` (and forwards the
 signal to DDP child processes). The loops check the flag at safe points (after a training batch has
-fully finished, after an epoch end, between validation batches; under DDP rank 0's flag is broadcast
-at every batch so that all ranks stop at the same batch) and raise ``SIGTERMException``, a
+fully finished, after an epoch end, between validation batches) and raise ``SIGTERMException``, a
 ``SystemExit`` with no code. ``Trainer.fit`` catches it, calls every callback's ``on_exception``,
 tears down and re-raises. Two things are missing for preemption: no checkpoint is written, and the
 process exits with status 0, so a scheduler thinks the job finished and does not requeue it.
@@ -16,8 +15,18 @@ because the loops stop only between batches), then sets the exception's exit cod
 
 Ctrl-C would otherwise raise ``KeyboardInterrupt`` wherever the main thread happens to be, possibly in
 the middle of ``optimizer.step()``, where no consistent checkpoint exists. During training the first
-Ctrl-C is therefore turned into Lightning's SIGTERM request (stop at the next safe point, save,
+Ctrl-C is therefore turned into the same request as SIGTERM (stop at the next safe point, save,
 exit 130); a second Ctrl-C raises ``KeyboardInterrupt`` at once and saves nothing.
+
+Under DDP (more than one process) Lightning's SIGTERM path does not hold up, measured with 2 CPU
+ranks: its handler runs a ``broadcast`` *inside* the signal handler, at whatever point the main thread
+was interrupted, and each rank raises at the end of a batch as soon as its *own* flag is set, while the
+others learn of it only at the start of the next batch. Rank 0 then waits in the checkpoint's
+collectives while rank 1 waits in the next batch's broadcast: the job hangs instead of saving. For
+the duration of a multi-process ``fit`` this callback therefore puts its own SIGTERM handler in place
+of Lightning's (restored at the end): the handler only records the signal, and at every
+``on_train_batch_end`` the ranks all-reduce (max) what they received, so all of them set Lightning's
+flag after the same batch and stop, save and exit together. A single process keeps Lightning's handler.
 
 The checkpoint resumes exactly when :class:`~hf_lightning.callbacks.resume.ExactResumeCallback` is in
 the same trainer (it adds the data position, RNG streams and any half-accumulated window to every

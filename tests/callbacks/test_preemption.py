@@ -14,6 +14,7 @@ Three kinds of test, all with real signals and real files:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -58,7 +59,7 @@ class Signaller(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.progress is not None:
+        if self.progress is not None and trainer.is_global_zero:
             self.progress.write_text(str(trainer.global_step))
         if self.at == (trainer.current_epoch, batch_idx):
             os.kill(os.getpid(), self.signum)
@@ -66,8 +67,12 @@ class Signaller(pl.Callback):
 
 
 def train(root: Path, data_files: dict[str, str], tokenizer: str, *, ckpt_path: Path | None = None,
-          signaller: Signaller | None = None) -> dict[str, torch.Tensor]:
-    """Train the tiny dropout BERT for MAX_STEPS steps with the preemption stack; return the final weights."""
+          signaller: Signaller | None = None, devices: int = 1) -> dict[str, torch.Tensor]:
+    """Train the tiny dropout BERT for MAX_STEPS steps with the preemption stack; return the final weights.
+
+    ``devices=2`` runs DDP on CPU; then this must run as a script, as Lightning starts rank 1 by
+    re-running the command line.
+    """
     torch.set_num_threads(1)
     pl.seed_everything(1234 if ckpt_path is None else 99, verbose=False)
     data = HFDataModule(dataset="json", data_files=data_files, tokenizer=tokenizer, batch_size=5, max_length=16,
@@ -84,7 +89,8 @@ def train(root: Path, data_files: dict[str, str], tokenizer: str, *, ckpt_path: 
     if signaller is not None:
         callbacks.append(signaller)
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=MAX_STEPS, accumulate_grad_batches=2, use_distributed_sampler=False,
+        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=MAX_STEPS,
+        accumulate_grad_batches=2, use_distributed_sampler=False,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=root, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
     )
@@ -127,26 +133,41 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+def _start(cmd: list[str]) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group, so that DDP ranks it spawns can be cleaned up with it."""
+    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """The run's output once it exits; on a timeout its whole process group is killed (no orphaned ranks)."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _signal_after_two_steps(proc: subprocess.Popen, progress: Path, signum: int) -> str:
+    """Wait until the run reports two optimizer steps, send ``signum`` to its main process, return its output."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and progress.read_text().strip() not in ("", "0", "1"):
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.send_signal(signum)
+    return _finish(proc)
+
+
 @pytest.mark.slow  # a training subprocess: ~20-30 s on two shared cores
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_from_outside_saves_and_resumes_exactly(reference, signum: int, tmp_path: Path) -> None:
     root = tmp_path / "preempted"
     progress = tmp_path / "progress.txt"
-    proc = subprocess.Popen(_script(root, reference["files"], reference["tokenizer"], "--progress", str(progress),
-                                    "--delay", "0.3"),
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if progress.exists() and progress.read_text().strip() not in ("", "0", "1"):
-                break  # two optimizer steps done
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the run ended before it could be signalled:\n{proc.communicate()[0][-3000:]}"
-        proc.send_signal(signum)
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = _start(_script(root, reference["files"], reference["tokenizer"], "--progress", str(progress), "--delay", "0.3"))
+    output = _signal_after_two_steps(proc, progress, signum)
     assert proc.returncode == 128 + signum, output[-3000:]
     checkpoint_file = root / "ckpt" / PREEMPTED
     assert checkpoint_file.is_file(), output[-3000:]
@@ -157,6 +178,30 @@ def test_signal_from_outside_saves_and_resumes_exactly(reference, signum: int, t
 
     resumed = train(tmp_path / "resumed", reference["files"], reference["tokenizer"], ckpt_path=checkpoint_file)
     assert_equal_weights(resumed, reference["weights"])
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_sigterm_to_rank_zero_stops_all_ranks_at_one_batch_and_resumes_exactly(reference, tmp_path: Path) -> None:
+    """2-process DDP: only the launching process gets SIGTERM, as from ``kill <pid>``; both ranks must stop
+    after the same batch, join in saving, exit 143, and the checkpoint must resume exactly under DDP."""
+    files, tokenizer = reference["files"], reference["tokenizer"]
+    ref = _start(_script(tmp_path / "ref", files, tokenizer, "--devices", "2"))
+    output = _finish(ref)
+    assert ref.returncode == 0, output[-3000:]
+
+    progress = tmp_path / "progress.txt"
+    proc = _start(_script(tmp_path / "pre", files, tokenizer, "--devices", "2", "--progress", str(progress),
+                          "--delay", "0.3"))
+    output = _signal_after_two_steps(proc, progress, signal.SIGTERM)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    checkpoint_file = tmp_path / "pre" / "ckpt" / PREEMPTED
+    assert len(torch.load(checkpoint_file, weights_only=True)[STATE_KEY]["ranks"]) == 2
+
+    res = _start(_script(tmp_path / "res", files, tokenizer, "--devices", "2", "--ckpt", str(checkpoint_file)))
+    output = _finish(res)
+    assert res.returncode == 0, output[-3000:]
+    assert_equal_weights(torch.load(tmp_path / "res" / "weights.pt"), torch.load(tmp_path / "ref" / "weights.pt"))
 
 
 # ---------------------------------------------------------------------------- signals at chosen batches
@@ -282,7 +327,8 @@ def test_sigkill_while_saving_leaves_only_loadable_checkpoints(tmp_path: Path) -
     folder.mkdir()
     hit_mid_write = False
     for _attempt in range(5):
-        proc = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(folder), str(MEGABYTES)], cwd=REPO, env=_env())
+        proc = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(folder), str(MEGABYTES)], cwd=REPO, env=_env(),
+                                start_new_session=True)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -335,11 +381,15 @@ def _main() -> None:
     parser.add_argument("--tokenizer")
     parser.add_argument("--progress")
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--ckpt")
     args = parser.parse_args()
     root = Path(args.root)
     signaller = Signaller(Path(args.progress) if args.progress else None, delay=args.delay)
-    weights = train(root, json.loads(args.files), args.tokenizer, signaller=signaller)
-    torch.save(weights, root / "weights.pt")
+    weights = train(root, json.loads(args.files), args.tokenizer, signaller=signaller, devices=args.devices,
+                    ckpt_path=Path(args.ckpt) if args.ckpt else None)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        torch.save(weights, root / "weights.pt")
 
 
 if __name__ == "__main__":

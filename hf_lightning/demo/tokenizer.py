@@ -116,9 +116,24 @@ def save_demo_assets(directory: str | os.PathLike[str], **split_kwargs: int) -> 
     tokenizer_dir = out / "tokenizer"
     build_demo_tokenizer().save_pretrained(str(tokenizer_dir))
     paths = {"tokenizer": str(tokenizer_dir), **write_sentiment_files(out, **split_kwargs)}
-    manifest = {"version": DEMO_ASSETS_VERSION, "split_kwargs": split_kwargs, "files": _relative(paths, out)}
+    manifest = {
+        "version": DEMO_ASSETS_VERSION,
+        "source": _source_fingerprint(),
+        "split_kwargs": split_kwargs,
+        "files": _relative(paths, out),
+    }
     (out / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     return paths
+
+
+def _source_fingerprint() -> str:
+    """Hash of the generator and tokenizer code: a cache built by other code is rebuilt, never reused."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("sentiment.py", "tokenizer.py"):
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def default_demo_dir() -> Path:
@@ -173,7 +188,11 @@ def _read_complete(directory: Path) -> dict[str, str] | None:
     except (OSError, ValueError):
         return None
     files = manifest.get("files", {}) if isinstance(manifest, dict) else {}
-    if manifest.get("version") != DEMO_ASSETS_VERSION or set(files) != {"tokenizer", *SPLIT_NAMES}:
+    if (
+        manifest.get("version") != DEMO_ASSETS_VERSION
+        or manifest.get("source") != _source_fingerprint()
+        or set(files) != {"tokenizer", *SPLIT_NAMES}
+    ):
         return None
     paths = {name: str(directory / rel) for name, rel in files.items()}
     if not (Path(paths["tokenizer"]) / "tokenizer.json").is_file():

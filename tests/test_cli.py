@@ -61,3 +61,20 @@ def test_quickstart_end_to_end(tmp_path: Path, demo_assets: dict[str, str], monk
     assert "torch.Size([1, 2])" in out.stdout
     assert list(tmp_path.rglob("*.ckpt")), "a Lightning checkpoint is written"
     assert list(tmp_path.rglob("metrics.csv")), "CSV logs are written"
+
+
+def test_hf_callbacks_named_in_a_config(tmp_path: Path, demo_assets, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers.EarlyStoppingCallback, named in YAML through HFCallbacks, stops a LightningCLI run."""
+    from hf_lightning.callbacks import HFCallbacks
+    from hf_lightning.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["hf-lightning"])
+    cli = run_cli([
+        "fit", "--config", str(REPO / "configs/quickstart.yaml"), "--config", str(REPO / "configs/hf_callbacks.yaml"),
+        "--data.max_train_samples=64", "--data.max_eval_samples=32", "--model.learning_rate=0.05",
+        "--model.model.hidden_size=32", "--model.model.intermediate_size=64",
+    ])
+    bridge = next(cb for cb in cli.trainer.callbacks if isinstance(cb, HFCallbacks))
+    assert cli.trainer.current_epoch < 9, "early stopping ended the run before max_epochs"
+    assert bridge.host.state.best_metric is not None, "on_evaluate saw the eval metrics"

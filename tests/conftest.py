@@ -91,3 +91,12 @@ def tiny_bert_classifier(vocab_size: int, dropout: float = 0.0, seed: int = 0, n
     )
     torch.manual_seed(seed)
     return transformers.BertForSequenceClassification(config)
+
+
+def tiny_bert_config(**overrides):
+    """The 1-layer, 32-wide BERT config the unit tests share (vocabulary 100 unless overridden)."""
+    import transformers
+
+    values = dict(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    values.update(overrides)
+    return transformers.BertConfig(**values)

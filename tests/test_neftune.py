@@ -8,24 +8,18 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from hf_lightning.errors import ConfigError
 from hf_lightning.neftune import NEFTuneCallback, activate_neftune, deactivate_neftune, neftune_noise
+from tests.conftest import tiny_bert_config
 
 __all__: list[str] = []
 
 
 def tiny_bert() -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=2,
-    )
+    config = tiny_bert_config(num_labels=2)
     return BertForSequenceClassification(config)
 
 

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertForTokenClassification
+from transformers import BertForTokenClassification
 
 from hf_lightning.errors import ConfigError
 from hf_lightning.losses import FocalLoss, focal_loss
+from tests.conftest import tiny_bert_config
 
 
 def _reference(logits: torch.Tensor, labels: torch.Tensor, gamma: float, alpha) -> float:
@@ -88,14 +89,7 @@ def test_bad_arguments_raise_config_error() -> None:
 
 def test_loss_object_on_token_classifier() -> None:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=3,
-    )
+    config = tiny_bert_config(num_labels=3)
     model = BertForTokenClassification(config).eval()
     labels = torch.randint(0, 3, (2, 5))
     labels[1, 3:] = -100

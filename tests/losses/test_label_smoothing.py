@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+from transformers import BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 from transformers.trainer_pt_utils import LabelSmoother
 
 from hf_lightning.errors import ConfigError
 from hf_lightning.losses import LabelSmoothingLoss, count_label_items, label_smoothed_cross_entropy
+from tests.conftest import tiny_bert_config
 
 
 def _token_batch(
@@ -73,14 +74,7 @@ def test_bad_input_raises_config_error() -> None:
 
 def test_loss_object_runs_sequence_classifier() -> None:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=4,
-    )
+    config = tiny_bert_config(num_labels=4)
     model = BertForSequenceClassification(config).eval()
     batch = {
         "input_ids": torch.randint(1, 100, (5, 6)),

@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,20 +117,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     Writes a hidden temporary sibling, fsyncs it, renames it over ``path`` and fsyncs the parent
     directory so the rename itself survives a power loss.
     """
-    target = Path(path)
-    tmp = target.parent / f"{TMP_PREFIX}{target.name}-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(target.parent)
-    return target
+    return _atomic_write(path, lambda handle: handle.write(data))
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
@@ -141,11 +128,16 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     """
     import torch
 
+    return _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def _atomic_write(path: PathLike, write: Callable[[Any], Any]) -> Path:
+    """Write through ``write(handle)`` into a temporary sibling, fsync, then rename into place."""
     target = Path(path)
     tmp = target.parent / f"{TMP_PREFIX}{target.name}-{os.getpid()}"
     try:
         with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)

@@ -77,7 +77,22 @@ def _check_tasks(tasks: Sequence[str], field: str) -> list[str]:
     return names
 
 
-class MultiTaskLoss(ModelLoss):
+class _TaskLossCombiner(ModelLoss):
+    """Shared by the multi-task losses: run the model once, combine its per-task losses."""
+
+    def combine(self, outputs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        outputs = model(**batch)
+        return self.combine(outputs), outputs
+
+    def count_items(self, batch: dict[str, Any]) -> torch.Tensor:
+        """One item per example (see the module docstring)."""
+        return torch.tensor(batch_size_of(batch))
+
+
+class MultiTaskLoss(_TaskLossCombiner):
     """Weighted sum of the model's task losses: ``sum_t w_t * outputs[f"{t}_loss"]``.
 
     The model is run on the whole batch, labels included (it routes each task's labels itself).
@@ -110,19 +125,11 @@ class MultiTaskLoss(ModelLoss):
             total = total.to(value.device) + weight * value.float()
         return total
 
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-        outputs = model(**batch)
-        return self.combine(outputs), outputs
-
-    def count_items(self, batch: dict[str, Any]) -> torch.Tensor:
-        """One item per example (see the module docstring)."""
-        return torch.tensor(batch_size_of(batch))
-
     def extra_repr(self) -> str:
         return f"task_weights={self.task_weights}"
 
 
-class UncertaintyWeightedLoss(ModelLoss):
+class UncertaintyWeightedLoss(_TaskLossCombiner):
     """Learned task weighting by homoscedastic uncertainty: ``sum_i exp(-s_i) * L_i + s_i``.
 
     ``s_i = log(sigma_i**2)`` is the learnable ``log_vars[i]`` (one per task, starting at 0, i.e.
@@ -146,14 +153,6 @@ class UncertaintyWeightedLoss(ModelLoss):
         """Current effective weights ``exp(-s_i)`` per task (for logging)."""
         weights = torch.exp(-self.log_vars.detach().float()).tolist()
         return dict(zip(self.tasks, weights))
-
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-        outputs = model(**batch)
-        return self.combine(outputs), outputs
-
-    def count_items(self, batch: dict[str, Any]) -> torch.Tensor:
-        """One item per example (see the module docstring)."""
-        return torch.tensor(batch_size_of(batch))
 
     def extra_repr(self) -> str:
         return f"tasks={self.tasks}"

@@ -147,19 +147,15 @@ class TrainingArguments(transformers.TrainingArguments):
 
     def _check_names_and_lengths(self) -> None:
         """One-line errors for the mistakes HF reports with an enum traceback or not at all."""
-        from hf_lightning.optim import OPTIMIZER_NAMES, SCHEDULER_NAMES
+        from hf_lightning.optim import OPTIMIZER_NAMES, SCHEDULER_NAMES, check_name
 
-        for field_name, value, names in (
-            ("optim", self.optim, OPTIMIZER_NAMES),
-            ("lr_scheduler_type", self.lr_scheduler_type, SCHEDULER_NAMES),
-        ):
-            value = str(getattr(value, "value", value))
-            if value not in names:
-                import difflib
-
-                close = difflib.get_close_matches(value, names, n=1)
-                fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(names[:8])}, ..."
-                raise ConfigError(field_name, f"unknown name {value!r}", fix)
+        check_name("optim", str(getattr(self.optim, "value", self.optim)), OPTIMIZER_NAMES, "optimizer")
+        check_name(
+            "lr_scheduler_type",
+            str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)),
+            SCHEDULER_NAMES,
+            "scheduler",
+        )
         if (self.max_steps is None or self.max_steps <= 0) and self.num_train_epochs <= 0:
             raise ConfigError(
                 "num_train_epochs",

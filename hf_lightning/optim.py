@@ -27,6 +27,7 @@ __all__ = [
     "SchedulerName",
     "build_optimizer",
     "build_scheduler",
+    "check_name",
     "decay_parameter_groups",
     "resolve_warmup_steps",
 ]
@@ -46,6 +47,17 @@ SchedulerName = Literal[
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
     "warmup_stable_decay",
 ]  # fmt: skip
+
+
+def check_name(field: str, value: str, names: tuple[str, ...], kind: str) -> None:
+    """Refuse an unknown optimizer/scheduler name in one line, suggesting the closest valid one."""
+    if value in names:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(value, names, n=1)
+    fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(names[:8])}, ..."
+    raise ConfigError(field, f"unknown {kind} {value!r}", fix)
 
 
 def decay_parameter_groups(
@@ -78,12 +90,7 @@ def build_optimizer(
     weight decay skips biases and normalisation weights by HF's own rule, and parameters under
     ``no_decay_prefixes`` (learnable loss weights: decay would pull them towards zero).
     """
-    if optim not in OPTIMIZER_NAMES:
-        import difflib
-
-        close = difflib.get_close_matches(str(optim), OPTIMIZER_NAMES, n=1)
-        fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(OPTIMIZER_NAMES[:6])}, ..."
-        raise ConfigError("optim", f"unknown optimizer {optim!r}", fix)
+    check_name("optim", str(optim), OPTIMIZER_NAMES, "optimizer")
     if isinstance(optim_args, dict):
         optim_args = ",".join(f"{k}={v}" for k, v in optim_args.items())
     args = SimpleNamespace(
@@ -126,12 +133,7 @@ def build_scheduler(
     lr_scheduler_kwargs: dict[str, Any] | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """``transformers.get_scheduler`` with HF's warmup resolution; stepped once per optimizer step."""
-    if lr_scheduler_type not in SCHEDULER_NAMES:
-        import difflib
-
-        close = difflib.get_close_matches(str(lr_scheduler_type), SCHEDULER_NAMES, n=1)
-        fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(SCHEDULER_NAMES)}"
-        raise ConfigError("lr_scheduler_type", f"unknown scheduler {lr_scheduler_type!r}", fix)
+    check_name("lr_scheduler_type", str(lr_scheduler_type), SCHEDULER_NAMES, "scheduler")
     return get_scheduler(
         lr_scheduler_type,
         optimizer=optimizer,

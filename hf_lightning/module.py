@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from hf_lightning.accumulation import WindowCounter, all_reduce_gradients, scale_gradients
 from hf_lightning.errors import ConfigError
-from hf_lightning.losses.base import ModelLoss, count_label_items
+from hf_lightning.losses.base import ModelLoss, count_batch_items
 from hf_lightning.metrics import PredictionCollector, build_task_metrics
 from hf_lightning.models import build_model
 from hf_lightning.optim import OptimName, SchedulerName, build_optimizer, build_scheduler
@@ -220,10 +220,7 @@ class HFLightningModule(pl.LightningModule):
         """Scored items in a micro-batch: non-ignored labels (shifted for causal LMs), else rows."""
         if self.loss_fn is not None:
             return self.loss_fn.count_items(batch).to(self.device)
-        labels = batch.get("labels")
-        first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
-        rows = first.shape[0] if first is not None else 1
-        return count_label_items(labels, self.spec.shift_labels, rows).to(self.device)
+        return count_batch_items(batch, self.spec.shift_labels).to(self.device)
 
     def compute_loss(self, batch: dict[str, Any]) -> LossResult:
         """Mean loss over the batch's scored items, the model outputs, and the item count."""

@@ -49,7 +49,8 @@ from hf_lightning.checkpoint_io import (
 from hf_lightning.data import build_dataloader
 from hf_lightning.errors import ConfigError
 from hf_lightning.evaluation import eval_batches, move_to_device
-from hf_lightning.losses.base import count_label_items
+from hf_lightning.losses._utils import batch_size_of
+from hf_lightning.losses.base import count_batch_items
 from hf_lightning.metrics import PredictionCollector
 from hf_lightning.optim import build_optimizer, build_scheduler
 from hf_lightning.tasks import infer_task, task_spec
@@ -367,10 +368,7 @@ class Trainer:
         return self.compute_loss(model, inputs, **kwargs)
 
     def _items(self, inputs: dict[str, Any]) -> torch.Tensor:
-        labels = inputs.get("labels")
-        first = next((v for v in inputs.values() if isinstance(v, torch.Tensor)), None)
-        rows = first.shape[0] if first is not None else 1
-        return count_label_items(labels, task_spec(self.task).shift_labels, rows)
+        return count_batch_items(inputs, task_spec(self.task).shift_labels)
 
     # called by TrainerModule -------------------------------------------------------------
     def training_step_is_overridden(self) -> bool:
@@ -594,7 +592,7 @@ class Trainer:
         for inputs in eval_batches(model, dataloader, trainer):
             loss, logits, labels = self.prediction_step(model, inputs, prediction_loss_only=not want_preds,
                                                         ignore_keys=ignore_keys)
-            rows = _rows(inputs)
+            rows = batch_size_of(inputs)
             samples += rows
             if loss is not None:
                 items = self._items(inputs).to(loss.device)
@@ -716,11 +714,6 @@ def _logits_from(outputs: Any, ignore_keys: list[str] | None) -> Any:
             return outputs["logits"]
         return values[0] if len(values) == 1 else tuple(values)
     return outputs[1:] if isinstance(outputs, (tuple, list)) else outputs
-
-
-def _rows(inputs: dict[str, Any]) -> int:
-    first = next((v for v in inputs.values() if isinstance(v, torch.Tensor)), None)
-    return int(first.shape[0]) if first is not None else 1
 
 
 def _all_reduce_int(value: float, device: torch.device) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["IGNORE_INDEX", "ModelLoss", "count_label_items"]
+__all__ = ["IGNORE_INDEX", "ModelLoss", "count_batch_items", "count_label_items"]
 
 IGNORE_INDEX = -100
 
@@ -30,6 +30,13 @@ def count_label_items(labels: torch.Tensor | None, shift: bool = False, batch_si
     if shift and labels.dim() > 1:
         labels = labels[..., 1:]
     return (labels != IGNORE_INDEX).sum()
+
+
+def count_batch_items(batch: dict[str, Any], shift: bool = False) -> torch.Tensor:
+    """Scored items in a batch dict: its non-ignored labels, or its rows when it has no labels."""
+    from hf_lightning.losses._utils import batch_size_of
+
+    return count_label_items(batch.get("labels"), shift, batch_size_of(batch))
 
 
 class ModelLoss(nn.Module):
@@ -53,7 +60,4 @@ class ModelLoss(nn.Module):
 
     def count_items(self, batch: dict[str, Any]) -> torch.Tensor:
         """How many items ``forward``'s mean is over (non-ignored labels by default)."""
-        labels = batch.get("labels")
-        first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
-        batch_size = first.shape[0] if first is not None else 1
-        return count_label_items(labels, self.shift_labels, batch_size)
+        return count_batch_items(batch, self.shift_labels)

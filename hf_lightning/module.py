@@ -194,6 +194,14 @@ class HFLightningModule(pl.LightningModule):
             raise ConfigError("adversarial", f"unknown keys {sorted(unknown)}", "use method, epsilon, emb_name")
         return {"epsilon": float(adversarial.get("epsilon", 1.0)), "emb_name": adversarial.get("emb_name")}
 
+    def setup(self, stage: str) -> None:
+        from hf_lightning.strategies import destroy_process_group_at_exit
+
+        destroy_process_group_at_exit()
+        if self.adversarial is not None and self.strategy_accumulates:
+            raise ConfigError("adversarial", "FGM needs the embedding gradient between its two backward passes, "
+                              "which DeepSpeed keeps partitioned", "train FGM with ddp or fsdp instead of deepspeed")
+
     def configure_model(self) -> None:
         """Shard with FSDP2 under ``ModelParallelStrategy``; compile if asked. Safe to call twice."""
         if self._sharded:
@@ -279,12 +287,37 @@ class HFLightningModule(pl.LightningModule):
             return  # training_step already ran its own backward
         super().backward(loss, *args, **kwargs)
 
+    # DeepSpeed owns the backward, the accumulation and the gradients (partitioned under ZeRO, so there
+    # is no ``param.grad`` to rescale after the fact). Under it a window's gradient is the mean of its
+    # micro-batch means, as with DeepSpeed in transformers.Trainer when the loss takes no item count;
+    # the logged loss stays the exact per-item mean of the window.
+    @property
+    def strategy_accumulates(self) -> bool:
+        """True under DeepSpeed: it scales, accumulates and clips gradients itself."""
+        trainer = self._trainer
+        return trainer is not None and bool(getattr(trainer.strategy, "handles_gradient_accumulation", False))
+
+    def at_window_end(self) -> bool:
+        """True when this micro-batch closes an accumulation window (an optimizer step follows)."""
+        return not self.trainer.fit_loop._should_accumulate()
+
+    def deepspeed_return(self, contribution: torch.Tensor) -> torch.Tensor:
+        """What ``training_step`` returns so that DeepSpeed backpropagates exactly ``contribution``.
+
+        Lightning divides the returned loss by the accumulation steps and DeepSpeed's engine divides
+        it again; undo both.
+        """
+        steps = self.trainer.accumulate_grad_batches
+        return contribution * steps * steps
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._start_micro_batch(batch_idx)
         result = self.compute_loss(batch)
         self._current_items = result.items
         loss_sum = result.loss * result.items
         self._train_window.add(result.items, loss_sum)
+        if self.strategy_accumulates:
+            return self.deepspeed_return(result.loss / self.trainer.accumulate_grad_batches)
         if self.adversarial is None:
             return loss_sum
         from hf_lightning.adversarial import fgm_attack
@@ -316,6 +349,13 @@ class HFLightningModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Turn the window's summed gradients into a per-item mean over all ranks (see accumulation.py)."""
+        if self.strategy_accumulates:
+            # Called after every micro-batch under DeepSpeed; only a window's end is a step.
+            if self.at_window_end():
+                self._step_loss = self._train_window.close(self.device)[1]
+                self._step_lr = optimizer.param_groups[0]["lr"]
+                self._stepped = True
+            return
         items, mean_loss = self._train_window.close(self.device)
         world = self.trainer.world_size
         if getattr(self, "_grads_synced_here", False):
@@ -334,6 +374,8 @@ class HFLightningModule(pl.LightningModule):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip by norm ourselves so the pre-clip norm can be logged as ``grad_norm`` (as HF does)."""
+        if self.strategy_accumulates:
+            return  # DeepSpeed clips inside its step (config "gradient_clipping"); the norm is read after it
         if gradient_clip_algorithm == "value":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             self._grad_norm = None
@@ -355,6 +397,12 @@ class HFLightningModule(pl.LightningModule):
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.strategy_accumulates:
+            if not self.at_window_end():
+                return  # DeepSpeed's step() only counted a micro-batch
+            norm = getattr(self.trainer.model, "get_global_grad_norm", lambda: None)()
+            self._grad_norm = None if norm is None else float(norm)
+            self._notify_callbacks("on_gradients_ready", optimizer)
         self._notify_callbacks("on_optimizer_stepped", optimizer)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:

@@ -665,6 +665,30 @@ def fsdp_options(
     }
 
 
+_EXIT_HOOK_REGISTERED = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Tear down an open process group before the interpreter does.
+
+    Lightning registers this only for NCCL. A gloo group left for interpreter shutdown is destroyed in
+    arbitrary order with its worker threads, and about one CPU run in ten then aborts with
+    ``terminate called without an active exception`` *after* training finished and outputs were written:
+    the exit code says "crashed" although nothing did. ``atexit`` runs before that shutdown.
+    """
+    global _EXIT_HOOK_REGISTERED
+    if _EXIT_HOOK_REGISTERED or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    import atexit
+
+    def _destroy() -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(_destroy)
+    _EXIT_HOOK_REGISTERED = True
+
+
 def _owners_by_param(model: nn.Module) -> dict[int, list[str]]:
     """Every qualified name under which each parameter is reachable (tied weights have several)."""
     owners: dict[int, list[str]] = {}

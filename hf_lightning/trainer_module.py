@@ -57,6 +57,7 @@ class TrainerModule(HFLightningModule):
         # accelerator.backward calls are taken literally (see the module docstring).
         self.literal_backward = self._overridden_step and not accepts_parameter(host.training_step, "num_items_in_batch")
         self._literal_window = False
+        self._deferred: torch.Tensor | None = None  # DeepSpeed: what backward was asked for, run by Lightning
         self.manual_grad_sync = True  # HF's training_step calls backward itself
         self._user_loss = 0.0
 
@@ -73,6 +74,11 @@ class TrainerModule(HFLightningModule):
         if self._overridden_step:
             self._user_loss += float(returned.detach())
         self._train_window.add(items, returned.detach() * items)
+        if self.strategy_accumulates:
+            deferred, self._deferred = self._deferred, None
+            if deferred is not None:
+                return deferred
+            return self.deepspeed_return(returned / self.trainer.accumulate_grad_batches)
         if not self._backward_done:
             # The override returned a loss with a graph instead of calling accelerator.backward.
             return returned * items
@@ -80,16 +86,33 @@ class TrainerModule(HFLightningModule):
 
     def backward_items_mean(self, loss: torch.Tensor) -> None:
         """Backward a per-micro-batch mean so that the window's gradient is the mean over its items."""
+        if self.strategy_accumulates:
+            self._defer(loss / self.trainer.accumulate_grad_batches)
+            return
         items = self._current_items if self._current_items is not None else 1
         self.backward_now(loss * items)
+
+    def _defer(self, contribution: torch.Tensor) -> None:
+        """DeepSpeed: keep ``contribution`` for the single backward Lightning runs on what we return.
+
+        DeepSpeed's engine backpropagates only the loss that ``training_step`` returns, so the backward
+        calls of an HF-style ``training_step`` are summed and returned instead of run in place.
+        """
+        scaled = self.deepspeed_return(contribution)
+        self._deferred = scaled if self._deferred is None else self._deferred + scaled
 
     def backward_literal(self, loss: torch.Tensor) -> None:
         """Backward exactly ``loss`` (summed over the window's calls); no item normalisation."""
         self._literal_window = True
+        if self.strategy_accumulates:
+            self._defer(loss)
+            return
         # backward_now divides by accumulate_grad_batches (Lightning's convention); undo it here.
         self.backward_now(loss * self.trainer.accumulate_grad_batches)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.strategy_accumulates and not self.at_window_end():
+            return  # DeepSpeed: called after every micro-batch; only a window's end is a step
         if self._literal_window:
             self._finish_literal_window(optimizer)
         else:

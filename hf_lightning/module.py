@@ -198,9 +198,10 @@ class HFLightningModule(pl.LightningModule):
         from hf_lightning.strategies import destroy_process_group_at_exit
 
         destroy_process_group_at_exit()
-        if self.adversarial is not None and self.strategy_accumulates:
-            raise ConfigError("adversarial", "FGM needs the embedding gradient between its two backward passes, "
-                              "which DeepSpeed keeps partitioned", "train FGM with ddp or fsdp instead of deepspeed")
+        if self.adversarial is not None and self.backward_deferred:
+            raise ConfigError("adversarial", f"FGM needs the embedding gradient between its two backward passes, "
+                              f"which {type(self.trainer.strategy).__name__} does not give inside training_step",
+                              "train FGM with ddp, or fsdp on FSDP2 (ModelParallelStrategy)")
 
     def configure_model(self) -> None:
         """Shard with FSDP2 under ``ModelParallelStrategy``; compile if asked. Safe to call twice."""
@@ -297,6 +298,17 @@ class HFLightningModule(pl.LightningModule):
         trainer = self._trainer
         return trainer is not None and bool(getattr(trainer.strategy, "handles_gradient_accumulation", False))
 
+    @property
+    def backward_deferred(self) -> bool:
+        """True where a backward inside ``training_step`` cannot run in place.
+
+        DeepSpeed backpropagates only what ``training_step`` returns, and Lightning's FSDPStrategy runs
+        ``training_step`` inside the wrapped root module's forward, where FSDP refuses a backward. There,
+        backward calls made by an HF-style ``training_step`` are collected and returned instead.
+        """
+        trainer = self._trainer
+        return trainer is not None and (self.strategy_accumulates or type(trainer.strategy).__name__ == "FSDPStrategy")
+
     def at_window_end(self) -> bool:
         """True when this micro-batch closes an accumulation window (an optimizer step follows)."""
         return not self.trainer.fit_loop._should_accumulate()
@@ -329,7 +341,7 @@ class HFLightningModule(pl.LightningModule):
         return loss_sum.detach()
 
     def on_train_start(self) -> None:
-        if self.manual_grad_sync and self.trainer.world_size > 1:
+        if self.manual_grad_sync and self.trainer.world_size > 1 and not self.backward_deferred:
             ddp = getattr(self.trainer.strategy, "model", None)
             if hasattr(ddp, "require_backward_grad_sync"):
                 # A backward run inside training_step happens inside DDP's forward, before its reducer
@@ -382,7 +394,11 @@ class HFLightningModule(pl.LightningModule):
         else:
             params = [p for p in self.parameters() if p.grad is not None]
             max_norm = gradient_clip_val if gradient_clip_val else math.inf
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+            root = getattr(self.trainer.strategy, "model", None)
+            if type(self.trainer.strategy).__name__ == "FSDPStrategy" and hasattr(root, "clip_grad_norm_"):
+                norm = root.clip_grad_norm_(max_norm)  # FSDP1: the norm over all ranks' shards
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
             if hasattr(norm, "full_tensor"):
                 norm = norm.full_tensor()
             self._grad_norm = float(norm)
@@ -431,8 +447,11 @@ class HFLightningModule(pl.LightningModule):
         self.last_train_log = logs
         self._track_nonfinite(self._step_loss)
         finite = {k: v for k, v in logs.items() if math.isfinite(v)}
-        self.log_dict(finite, prog_bar=False, logger=not self.hf_logging, on_step=True, on_epoch=False, batch_size=1)
-        if "loss" in finite:
+        # self.log costs about a millisecond per value on the host; write only on the steps Lightning
+        # passes to its loggers (log_every_n_steps). The facade logs through HF's on_log instead.
+        if not self.hf_logging and self.trainer._logger_connector.should_update_logs:
+            self.log_dict(finite, prog_bar=False, on_step=True, on_epoch=False, batch_size=1)
+        if "loss" in finite and self.trainer.progress_bar_callback is not None:
             self.log("train_loss", finite["loss"], prog_bar=True, logger=False, on_step=True, batch_size=1)
 
     def _track_nonfinite(self, loss: float) -> None:

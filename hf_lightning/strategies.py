@@ -472,6 +472,10 @@ def resolve_deepspeed_config(
             f'no value is known for the "auto" entries {", ".join(leftover)}',
             'replace these "auto" values with numbers',
         )
+    if "optimizer" not in resolved:
+        # The optimizer is the one TrainingArguments.optim names (built in configure_optimizers), as
+        # transformers.Trainer does; DeepSpeed's ZeRO refuses such a client optimizer without this flag.
+        resolved.setdefault("zero_allow_untested_optimizer", True)
     return resolved
 
 
@@ -950,6 +954,8 @@ def build_strategy(
         from lightning.pytorch.strategies import DeepSpeedStrategy
         from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+        # Lightning sets the accumulation itself (from accumulate_grad_batches) and refuses a config that has it.
+        config = {key: value for key, value in config.items() if key != "gradient_accumulation_steps"}
         try:
             return DeepSpeedStrategy(config=config, timeout=timeout, process_group_backend=backend)
         except MisconfigurationException as err:

@@ -74,10 +74,10 @@ class TrainerModule(HFLightningModule):
         if self._overridden_step:
             self._user_loss += float(returned.detach())
         self._train_window.add(items, returned.detach() * items)
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            return deferred
         if self.strategy_accumulates:
-            deferred, self._deferred = self._deferred, None
-            if deferred is not None:
-                return deferred
             return self.deepspeed_return(returned / self.trainer.accumulate_grad_batches)
         if not self._backward_done:
             # The override returned a loss with a graph instead of calling accelerator.backward.
@@ -86,26 +86,31 @@ class TrainerModule(HFLightningModule):
 
     def backward_items_mean(self, loss: torch.Tensor) -> None:
         """Backward a per-micro-batch mean so that the window's gradient is the mean over its items."""
-        if self.strategy_accumulates:
-            self._defer(loss / self.trainer.accumulate_grad_batches)
-            return
         items = self._current_items if self._current_items is not None else 1
-        self.backward_now(loss * items)
+        if self.strategy_accumulates:
+            self._defer(self.deepspeed_return(loss / self.trainer.accumulate_grad_batches))
+        elif self.backward_deferred:
+            self._defer(loss * items)  # what backward_now would get; Lightning's closure runs it
+        else:
+            self.backward_now(loss * items)
 
-    def _defer(self, contribution: torch.Tensor) -> None:
-        """DeepSpeed: keep ``contribution`` for the single backward Lightning runs on what we return.
+    def _defer(self, to_return: torch.Tensor) -> None:
+        """Keep a backward for the single one Lightning runs on what ``training_step`` returns.
 
-        DeepSpeed's engine backpropagates only the loss that ``training_step`` returns, so the backward
-        calls of an HF-style ``training_step`` are summed and returned instead of run in place.
+        Under DeepSpeed and FSDPStrategy a backward cannot run inside ``training_step`` (see
+        ``backward_deferred``), so the backward calls of an HF-style ``training_step`` are summed and
+        returned instead of run in place.
         """
-        scaled = self.deepspeed_return(contribution)
-        self._deferred = scaled if self._deferred is None else self._deferred + scaled
+        self._deferred = to_return if self._deferred is None else self._deferred + to_return
 
     def backward_literal(self, loss: torch.Tensor) -> None:
         """Backward exactly ``loss`` (summed over the window's calls); no item normalisation."""
         self._literal_window = True
         if self.strategy_accumulates:
-            self._defer(loss)
+            self._defer(self.deepspeed_return(loss))
+            return
+        if self.backward_deferred:
+            self._defer(loss * self.trainer.accumulate_grad_batches)  # Lightning's closure divides by it
             return
         # backward_now divides by accumulate_grad_batches (Lightning's convention); undo it here.
         self.backward_now(loss * self.trainer.accumulate_grad_batches)

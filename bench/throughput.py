@@ -1,0 +1,266 @@
+"""Training throughput and peak memory: hf_lightning against a raw PyTorch loop and transformers.Trainer.
+
+Every runner trains the same randomly initialised GPT-2 on the same synthetic, unpadded token rows
+(AdamW, linear schedule, clipping at 1.0, no evaluation, no checkpoints), so the only difference is
+the training engine. Each runner runs in its own process (clean peak-memory counters, no shared
+caches) and times the optimizer steps after a warm-up, with the GPU synchronised at both ends.
+
+    python bench/throughput.py                      # tiny CPU settings, all runners, markdown table
+    python bench/throughput.py --preset gpu         # GPT-2 small, bf16, on one CUDA device
+    python bench/throughput.py --runner raw --json  # one runner in this process (what the table calls)
+
+Figures go to docs/benchmarks.md; tests never assert on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": dict(layers=2, hidden=64, heads=2, seq=64, batch=8, steps=30, warmup=5, precision="32", vocab=1000),
+    "gpu": dict(layers=12, hidden=768, heads=12, seq=512, batch=16, steps=40, warmup=10, precision="bf16",
+                vocab=50257),
+}
+RUNNERS = ("raw", "transformers", "hf_lightning", "hf_lightning-native")
+STRATEGY_RUNNERS = ("hf_lightning-fsdp", "hf_lightning-deepspeed")
+
+
+# ---------------------------------------------------------------------------- shared pieces
+def _model(cfg: dict[str, Any]):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=cfg["layers"], n_embd=cfg["hidden"], n_head=cfg["heads"],
+                                     n_positions=cfg["seq"], vocab_size=cfg["vocab"])
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _rows(cfg: dict[str, Any]):
+    """Unpadded rows so that every engine does identical work per step."""
+    import datasets
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    count = (cfg["steps"] + cfg["warmup"]) * cfg["batch"]
+    ids = torch.randint(0, cfg["vocab"], (count, cfg["seq"]), generator=generator)
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()}).with_format("torch")
+
+
+class StepClock:
+    """Wall time at the end of every optimizer step (device synchronised)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def tick(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+
+def _hf_clock_callback(clock: StepClock):
+    import transformers
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.tick()
+
+    return Clock()
+
+
+def _training_arguments(cls, cfg: dict[str, Any], out: str, **extra: Any):
+    import torch
+
+    bf16 = cfg["precision"] == "bf16"
+    return cls(output_dir=out, per_device_train_batch_size=cfg["batch"], max_steps=cfg["steps"] + cfg["warmup"],
+               learning_rate=1e-4, max_grad_norm=1.0, logging_steps=10_000, save_strategy="no", report_to="none",
+               disable_tqdm=True, bf16=bf16, use_cpu=not torch.cuda.is_available(),
+               train_sampling_strategy="sequential", dataloader_num_workers=0, **extra)
+
+
+# ---------------------------------------------------------------------------- runners
+def run_raw(cfg: dict[str, Any], clock: StepClock, out: str) -> None:
+    """What a careful person writes by hand: autocast, clip, AdamW, linear schedule."""
+    import contextlib
+
+    import torch
+    import transformers
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _model(cfg).to(device).train()
+    loader = torch.utils.data.DataLoader(_rows(cfg), batch_size=cfg["batch"], shuffle=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    total = cfg["steps"] + cfg["warmup"]
+    scheduler = transformers.get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=total)
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if cfg["precision"] == "bf16"
+                else contextlib.nullcontext())
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        clock.tick()
+
+
+def run_transformers(cfg: dict[str, Any], clock: StepClock, out: str) -> None:
+    import transformers
+
+    args = _training_arguments(transformers.TrainingArguments, cfg, out)
+    trainer = transformers.Trainer(model=_model(cfg), args=args, train_dataset=_rows(cfg),
+                                   callbacks=[_hf_clock_callback(clock)])
+    trainer.train()
+
+
+def run_hf_lightning(cfg: dict[str, Any], clock: StepClock, out: str, **extra: Any) -> None:
+    from hf_lightning import Trainer, TrainingArguments
+
+    args = _training_arguments(TrainingArguments, cfg, out, **extra)
+    trainer = Trainer(model=_model(cfg), args=args, train_dataset=_rows(cfg), callbacks=[_hf_clock_callback(clock)])
+    trainer.train()
+
+
+def run_hf_lightning_native(cfg: dict[str, Any], clock: StepClock, out: str) -> None:
+    import lightning.pytorch as pl
+    import torch
+
+    from hf_lightning.data import build_dataloader
+    from hf_lightning.module import HFLightningModule
+
+    class Clock(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.tick()
+
+    module = HFLightningModule(model=_model(cfg), task="causal-lm", learning_rate=1e-4, optim="adamw_torch")
+    loader = build_dataloader(_rows(cfg), cfg["batch"], None, train=True, shuffle=False)
+    trainer = pl.Trainer(accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=1,
+                         precision="bf16-mixed" if cfg["precision"] == "bf16" else "32-true",
+                         max_steps=cfg["steps"] + cfg["warmup"], gradient_clip_val=1.0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False, callbacks=[Clock()], default_root_dir=out)
+    trainer.fit(module, train_dataloaders=loader)
+
+
+def run(runner: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
+    import torch
+
+    clock = StepClock()
+    start = time.perf_counter()
+    if runner == "raw":
+        run_raw(cfg, clock, out)
+    elif runner == "transformers":
+        run_transformers(cfg, clock, out)
+    elif runner == "hf_lightning":
+        run_hf_lightning(cfg, clock, out)
+    elif runner == "hf_lightning-native":
+        run_hf_lightning_native(cfg, clock, out)
+    elif runner == "hf_lightning-fsdp":
+        run_hf_lightning(cfg, clock, out, fsdp="full_shard auto_wrap")
+    elif runner == "hf_lightning-deepspeed":
+        run_hf_lightning(cfg, clock, out, deepspeed={
+            "zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "bf16": {"enabled": "auto"}})
+    else:
+        raise SystemExit(f"--runner: unknown runner {runner!r}. Fix: use one of {RUNNERS + STRATEGY_RUNNERS}")
+    wall = time.perf_counter() - start
+    expected = cfg["steps"] + cfg["warmup"]
+    if len(clock.times) != expected:
+        raise SystemExit(f"{runner}: timed {len(clock.times)} optimizer steps, expected {expected}")
+    timed = clock.times[-1] - clock.times[cfg["warmup"] - 1]
+    if torch.cuda.is_available():
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"runner": runner, "tokens_per_s": cfg["steps"] * cfg["batch"] * cfg["seq"] / timed,
+            "step_ms": 1000 * timed / cfg["steps"], "peak_mib": peak_mib, "wall_s": wall,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+
+
+# ---------------------------------------------------------------------------- table
+def _subprocess(runner: str, preset: str, repeat: int) -> list[dict[str, Any]]:
+    results = []
+    for _ in range(repeat):
+        cmd = [sys.executable, __file__, "--runner", runner, "--preset", preset, "--json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            results.append({"runner": runner, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]})
+            break
+        results.append(json.loads(lines[-1]))
+    return results
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    ok = {r["runner"]: r for r in rows if "error" not in r}
+    lines = ["| runner | tokens/s | step ms | peak MiB | vs raw (speed) | vs transformers (speed) | "
+             "vs transformers (memory) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['runner']} | failed: {' '.join(row['error'])[:120]} | | | | | |")
+            continue
+        raw, hf = ok.get("raw"), ok.get("transformers")
+        vs_raw = f"{row['tokens_per_s'] / raw['tokens_per_s']:.3f}" if raw else "n/a"
+        vs_hf = f"{row['tokens_per_s'] / hf['tokens_per_s']:.3f}" if hf else "n/a"
+        mem_hf = f"{row['peak_mib'] / hf['peak_mib']:.3f}" if hf else "n/a"
+        lines.append(f"| {row['runner']} | {row['tokens_per_s']:.0f} | {row['step_ms']:.1f} | {row['peak_mib']:.0f} "
+                     f"| {vs_raw} | {vs_hf} | {mem_hf} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--runner", help="run one runner in this process")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated runners for the table")
+    parser.add_argument("--repeat", type=int, default=3, help="processes per runner; the median is reported")
+    parser.add_argument("--json", action="store_true", help="print one JSON line (with --runner)")
+    parser.add_argument("--output", help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    cfg = PRESETS[args.preset]
+    if args.runner:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as out:
+            result = {**run(args.runner, cfg, out), "preset": args.preset}
+        print(json.dumps(result) if args.json else result)
+        return
+    rows = []
+    for runner in args.runners.split(","):
+        runs = _subprocess(runner, args.preset, args.repeat)
+        good = [r for r in runs if "error" not in r]
+        if not good:
+            rows.append(runs[-1])
+            continue
+        best = dict(good[0])
+        for key in ("tokens_per_s", "step_ms", "peak_mib", "wall_s"):
+            best[key] = _median([r[key] for r in good])
+        best["repeats"] = len(good)
+        rows.append(best)
+        print(json.dumps(best), file=sys.stderr, flush=True)
+    print(f"preset {args.preset}: {json.dumps(cfg)}")
+    print(table(rows))
+    if args.output:
+        Path(args.output).write_text(json.dumps({"preset": args.preset, "config": cfg, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """Real GPU runs of the strategies Lightning refuses on CPU (skipped without CUDA).
 
 Not run in this repository's CI (no GPU there); run them on a lent GPU machine with
-``python -m pytest -m gpu tests/test_gpu.py`` and record the figures in docs/benchmarks.md.
+``bash bench/gpu_check.sh`` (these tests, then the GPU benchmark); figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,0 +1,43 @@
+"""The benchmark harness runs every CPU runner and reports ratios against the same run's baselines."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_throughput", ROOT / "bench" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_ratios_come_from_the_same_rows() -> None:
+    bench = _bench_module()
+    rows = [{"runner": "raw", "tokens_per_s": 100.0, "step_ms": 10.0, "peak_mib": 50.0},
+            {"runner": "transformers", "tokens_per_s": 80.0, "step_ms": 12.5, "peak_mib": 40.0},
+            {"runner": "hf_lightning", "tokens_per_s": 90.0, "step_ms": 11.1, "peak_mib": 44.0},
+            {"runner": "hf_lightning-fsdp", "error": ["CUDA required"]}]
+    lines = bench.table(rows).splitlines()
+    assert lines[4].split("|")[5:8] == [" 0.900 ", " 1.125 ", " 1.100 "]
+    assert "failed: CUDA required" in lines[5]
+
+
+@pytest.mark.slow
+def test_every_cpu_runner_trains_and_is_timed(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--repeat", "1", "--output", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["runner"] for r in rows] == ["raw", "transformers", "hf_lightning", "hf_lightning-native"]
+    assert all("error" not in r and r["tokens_per_s"] > 0 and r["peak_mib"] > 0 for r in rows), rows
+    assert "| hf_lightning-native |" in run.stdout

@@ -248,10 +248,9 @@ class LightningAccelerator:
 
     @property
     def sync_gradients(self) -> bool:
-        trainer = self._trainer
-        if trainer is None:
+        if self._trainer is None:
             return True
-        return not trainer.fit_loop.epoch_loop._should_accumulate()
+        return self._module.at_window_end()
 
     @property
     def gradient_accumulation_steps(self) -> int:

@@ -176,3 +176,20 @@ def test_eval_strategy_without_eval_dataset_fails_fast(cls_dataset, demo_tokeniz
                       train_dataset=cls_dataset, processing_class=demo_tokenizer)
     with pytest.raises(ConfigError, match="eval_dataset"):
         trainer.train()
+
+
+def test_accelerator_sync_gradients_is_true_on_a_windows_last_micro_batch(cls_dataset, demo_tokenizer,
+                                                                         tmp_path: Path) -> None:
+    """``self.accelerator.sync_gradients`` (read by HF-style overrides) marks the micro-batch before each step."""
+    seen: list[bool] = []
+
+    class Recording(Trainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            seen.append(self.accelerator.sync_gradients)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    args = _args(TrainingArguments, tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=3,
+                 max_steps=2, eval_strategy="no")
+    Recording(model=tiny_bert_classifier(len(demo_tokenizer)), args=args, train_dataset=cls_dataset,
+              processing_class=demo_tokenizer).train()
+    assert seen == [False, False, True, False, False, True]

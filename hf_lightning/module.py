@@ -322,16 +322,24 @@ class HFLightningModule(pl.LightningModule):
         steps = self.trainer.accumulate_grad_batches
         return contribution * steps * steps
 
+    def item_mean_return(self, mean: torch.Tensor, items: torch.Tensor | int) -> torch.Tensor:
+        """What ``training_step`` returns (or defers) for a micro-batch's per-item mean loss.
+
+        The item-weighted sum, which the window rescale turns into a per-item mean; under DeepSpeed,
+        which cannot be rescaled, the micro-batch's share of a mean of micro-batch means.
+        """
+        if self.strategy_accumulates:
+            return self.deepspeed_return(mean / self.trainer.accumulate_grad_batches)
+        return mean * items
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._start_micro_batch(batch_idx)
         result = self.compute_loss(batch)
         self._current_items = result.items
         loss_sum = result.loss * result.items
         self._train_window.add(result.items, loss_sum)
-        if self.strategy_accumulates:
-            return self.deepspeed_return(result.loss / self.trainer.accumulate_grad_batches)
-        if self.adversarial is None:
-            return loss_sum
+        if self.adversarial is None:  # FGM is refused in setup where backward is deferred (DeepSpeed)
+            return self.item_mean_return(result.loss, result.items)
         from hf_lightning.adversarial import fgm_attack
 
         self.backward_now(loss_sum)

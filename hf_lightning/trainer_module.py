@@ -77,20 +77,17 @@ class TrainerModule(HFLightningModule):
         deferred, self._deferred = self._deferred, None
         if deferred is not None:
             return deferred
-        if self.strategy_accumulates:
-            return self.deepspeed_return(returned / self.trainer.accumulate_grad_batches)
         if not self._backward_done:
-            # The override returned a loss with a graph instead of calling accelerator.backward.
-            return returned * items
+            # The override returned a loss with a graph instead of calling accelerator.backward
+            # (or, under DeepSpeed, the default step's backward is Lightning's).
+            return self.item_mean_return(returned, items)
         return returned.detach()
 
     def backward_items_mean(self, loss: torch.Tensor) -> None:
         """Backward a per-micro-batch mean so that the window's gradient is the mean over its items."""
         items = self._current_items if self._current_items is not None else 1
-        if self.strategy_accumulates:
-            self._defer(self.deepspeed_return(loss / self.trainer.accumulate_grad_batches))
-        elif self.backward_deferred:
-            self._defer(loss * items)  # what backward_now would get; Lightning's closure runs it
+        if self.backward_deferred:
+            self._defer(self.item_mean_return(loss, items))  # Lightning's closure runs it
         else:
             self.backward_now(loss * items)
 

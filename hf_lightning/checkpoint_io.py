@@ -180,11 +180,9 @@ def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = Non
         marker: dict[str, Any] = {"step": int(step.group(1)) if step else None, "time": time.time()}
         marker.update(metadata or {})
         marker["files"] = manifest
-        with open(tmp / COMPLETE_MARKER, "w", encoding="utf-8") as handle:
-            json.dump(marker, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync_dir(tmp)
+        # Through a rename: a crash mid-write must not leave an empty marker, which would read as a
+        # user vouching for the directory (see _read_marker).
+        _atomic_write(tmp / COMPLETE_MARKER, lambda handle: handle.write(json.dumps(marker).encode()))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -236,6 +234,16 @@ def _check_complete(path: Path) -> str | None:
         if actual != size:
             return f"has {relative} with {actual} bytes where {size} were written (truncated or changed)"
     return None
+
+
+def _written_complete(path: Path) -> bool:
+    """Complete and marked by :func:`atomic_directory` itself (a manifest), not an empty user marker.
+
+    Only such temporary directories may be promoted: an empty marker inside a hidden directory is
+    not a user's vouching but a write the crash interrupted (from a version without the rename).
+    """
+    marker = _read_marker(path)
+    return bool(marker) and isinstance(marker.get("files"), dict) and _check_complete(path) is None
 
 
 def is_complete_checkpoint(path: PathLike) -> bool:
@@ -310,7 +318,7 @@ def cleanup_incomplete(output_dir: PathLike) -> list[Path]:
             if match is None or (match.group("suffix") or "")[:4] != wanted:
                 continue
             final = root / match.group("name")
-            if entry.is_dir() and not final.exists() and is_complete_checkpoint(entry):
+            if entry.is_dir() and not final.exists() and _written_complete(entry):
                 os.replace(entry, final)
                 _fsync_dir(root)
     removed: list[Path] = []

@@ -40,7 +40,9 @@ def build_loggers(args: Any) -> list[Any]:
     names = [n for n in (names or []) if n not in ("none", None)]
     if "all" in names:
         names = ["tensorboard", "csv"]
-    log_dir = str(getattr(args, "logging_dir", None) or Path(args.output_dir) / "runs")
+    # Absolute, so that writers flushing in background threads after a later chdir (notebooks, tests)
+    # still reach the run's directory.
+    log_dir = str(Path(getattr(args, "logging_dir", None) or Path(args.output_dir) / "runs").resolve())
     out = []
     for name in names:
         if name == "tensorboard":
@@ -49,10 +51,10 @@ def build_loggers(args: Any) -> list[Any]:
             out.append(loggers.CSVLogger(save_dir=log_dir, name="", version=args.run_name or ""))
         elif name == "mlflow":
             _require("mlflow", "loggers")
-            out.append(loggers.MLFlowLogger(run_name=args.run_name, save_dir=str(Path(args.output_dir) / "mlruns")))
+            out.append(loggers.MLFlowLogger(run_name=args.run_name, save_dir=str(Path(args.output_dir, "mlruns").resolve())))
         elif name == "wandb":
             _require("wandb", "loggers")
-            out.append(loggers.WandbLogger(name=args.run_name, save_dir=args.output_dir))
+            out.append(loggers.WandbLogger(name=args.run_name, save_dir=str(Path(args.output_dir).resolve())))
         else:
             raise ConfigError("report_to", f"unknown logger {name!r}", "use tensorboard, csv, mlflow, wandb or none")
     return out

@@ -197,10 +197,19 @@ def test_cleanup_removes_stale_promotes_finished_and_spares_live_writers(tmp_pat
     (tmp_path / "staging").rename(tmp_path / f"{TMP_PREFIX}checkpoint-6-{dead}")
     live = tmp_path / f"{TMP_PREFIX}checkpoint-7-{os.getppid()}"  # our parent process is alive
     live.mkdir()
+    # Killed while the marker was being written: an empty marker inside a hidden directory is a
+    # torn write, not a user vouching for it, so it is removed rather than promoted.
+    torn = tmp_path / f"{TMP_PREFIX}checkpoint-8-{dead}"
+    torn.mkdir()
+    (torn / "w.bin").write_bytes(b"done")
+    (torn / COMPLETE_MARKER).write_text("")
 
     removed = cleanup_incomplete(tmp_path)
 
-    assert sorted(p.name for p in removed) == sorted([stale.name, f"{TMP_PREFIX}last_step.txt-{dead}"])
+    assert sorted(p.name for p in removed) == sorted(
+        [stale.name, torn.name, f"{TMP_PREFIX}last_step.txt-{dead}"]
+    )
+    assert not (tmp_path / "checkpoint-8").exists()
     assert (tmp_path / "checkpoint-6" / "w.bin").read_bytes() == b"done"
     assert live.is_dir()
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-6"

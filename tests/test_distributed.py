@@ -44,7 +44,7 @@ def test_ddp_matches_single_process_and_fsdp_tracks_ddp(tmp_path: Path) -> None:
 
 def _torchrun(mode: str, world: int, tmp_path: Path) -> dict:
     out = tmp_path / f"{mode}-torchrun.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
            str(WORKER), mode, str(out), str(world)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]

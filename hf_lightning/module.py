@@ -203,6 +203,12 @@ class HFLightningModule(pl.LightningModule):
                               f"which {type(self.trainer.strategy).__name__} does not give inside training_step",
                               "train FGM with ddp, or fsdp on FSDP2 (ModelParallelStrategy)")
 
+    def on_fit_start(self) -> None:
+        # from_pretrained returns a model in eval mode and Lightning keeps each submodule's mode, so a
+        # loaded model would fine-tune with dropout off. transformers.Trainer calls model.train(); so do
+        # we, once (a distillation teacher stays in eval mode through its loss's own train()).
+        self.train()
+
     def configure_model(self) -> None:
         """Shard with FSDP2 under ``ModelParallelStrategy``; compile if asked. Safe to call twice."""
         if self._sharded:

@@ -65,6 +65,26 @@ def test_train_and_round_trip(task: str, task_files, demo_assets, tmp_path: Path
     assert transformers.AutoTokenizer.from_pretrained(out)("good film")["input_ids"] == data.tokenizer("good film")["input_ids"]
 
 
+def test_model_loaded_in_eval_mode_trains_with_dropout(task_files, demo_assets, tmp_path: Path) -> None:
+    """from_pretrained returns eval mode; fine-tuning must still run with dropout on (HF's model.train())."""
+    data = HFDataModule(dataset="json", data_files=task_files["cls"], tokenizer=demo_assets["tokenizer"],
+                        batch_size=4, max_length=16)
+    config = {**TINY_MODELS["bert"], "hidden_dropout_prob": 0.5, "num_labels": data.num_labels,
+              "vocab_size": data.vocab_size}
+    HFLightningModule(model=config).model.save_pretrained(tmp_path / "pretrained")
+    module = HFLightningModule(model=str(tmp_path / "pretrained"), num_labels=data.num_labels)
+    assert not module.model.training  # what from_pretrained gives
+
+    modes: list[bool] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            modes.append(pl_module.model.training and all(m.training for m in pl_module.model.modules()))
+
+    _trainer(max_steps=2, limit_val_batches=0, callbacks=[Record()]).fit(module, datamodule=data)
+    assert modes == [True, True]
+
+
 def test_module_accepts_instance_and_directory(tmp_path: Path) -> None:
     config = transformers.BertConfig(**{k: v for k, v in TINY_MODELS["bert"].items() if k != "model_type"}, vocab_size=50)
     instance = transformers.BertForSequenceClassification(config)

@@ -49,7 +49,7 @@ SUPPORTED = frozenset(
     dataloader_prefetch_factor remove_unused_columns label_names train_sampling_strategy length_column_name
     ddp_find_unused_parameters ddp_bucket_cap_mb ddp_broadcast_buffers ddp_backend ddp_timeout fsdp
     fsdp_config deepspeed do_train do_eval do_predict resume_from_checkpoint local_rank skip_memory_metrics
-    eval_do_concat_batches
+    eval_do_concat_batches use_cache batch_eval_metrics
     """.split()
 )
 
@@ -58,7 +58,6 @@ NO_EFFECT: dict[str, str] = {
     "activation_checkpointing_kwargs": "use gradient_checkpointing_kwargs",
     "use_liger_kernel": "Liger kernels are not wired into the Lightning engine",
     "liger_kernel_config": "Liger kernels are not wired into the Lightning engine",
-    "use_cache": "set use_cache on the model config instead",
     "torch_empty_cache_steps": "Lightning manages device memory; not supported",
     "auto_find_batch_size": "use Lightning's Tuner (scale_batch_size) instead",
     "log_on_each_node": "Lightning loggers log on global rank 0",
@@ -68,7 +67,6 @@ NO_EFFECT: dict[str, str] = {
     "trackio_bucket_id": "trackio is not a supported logger",
     "trackio_static_space_id": "trackio is not a supported logger",
     "eval_use_gather_object": "predictions are gathered as tensors",
-    "batch_eval_metrics": "built-in metrics already stream; compute_metrics receives the whole EvalPrediction",
     "save_on_each_node": "checkpoints are written by global rank 0",
     "enable_jit_checkpoint": "use SIGTERM handling: a checkpoint is saved on preemption",
     "push_to_hub": "Hub uploads are not available; save_model writes a folder you can upload",

@@ -162,7 +162,7 @@ def build_dataloader(
         sampler=sampler,
         collate_fn=collate_fn,
         num_workers=num_workers,
-        drop_last=drop_last and train,
+        drop_last=drop_last,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
         **kwargs,

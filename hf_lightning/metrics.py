@@ -9,10 +9,9 @@ after ``preprocess_logits_for_metrics`` has had the chance to shrink them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -65,6 +64,8 @@ def _gather_padded(t: torch.Tensor, pad_value: float) -> torch.Tensor:
     """All-gather tensors of unequal length on dim 1 (sequence tasks) across ranks."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
+    if t.ndim == 0:
+        t = t[None]
     shape = torch.tensor(list(t.shape), device=t.device)
     shapes = [torch.zeros_like(shape) for _ in range(dist.get_world_size())]
     dist.all_gather(shapes, shape)
@@ -76,54 +77,61 @@ def _gather_padded(t: torch.Tensor, pad_value: float) -> torch.Tensor:
     return torch.cat([o[: int(s[0])] for o, s in zip(out, shapes)], dim=0)
 
 
-def _pad_cat(chunks: list[np.ndarray], pad_value: float) -> np.ndarray:
-    """Concatenate on dim 0, padding dim 1 like HF's ``nested_concat`` (-100 for padding)."""
-    if not chunks:
-        return np.zeros((0,))
-    if chunks[0].ndim < 2 or all(c.shape[1:] == chunks[0].shape[1:] for c in chunks):
-        return np.concatenate(chunks, axis=0)
-    width = max(c.shape[1] for c in chunks)
-    out = []
-    for c in chunks:
-        pad = [(0, 0)] * c.ndim
-        pad[1] = (0, width - c.shape[1])
-        out.append(np.pad(c, pad, constant_values=pad_value))
-    return np.concatenate(out, axis=0)
+def _to_host(tensors: Any) -> Any:
+    """Detach, gather over ranks (padding with -100 as HF does) and move to CPU, through nested tuples/dicts."""
+    if isinstance(tensors, (list, tuple)):
+        return type(tensors)(_to_host(t) for t in tensors)
+    if isinstance(tensors, dict):
+        return type(tensors)({k: _to_host(v) for k, v in tensors.items()})
+    if isinstance(tensors, torch.Tensor):
+        return _gather_padded(tensors.detach(), IGNORE_INDEX).cpu()
+    return tensors
 
 
 class PredictionCollector:
-    """Keeps predictions/labels for a user ``compute_metrics`` (HF's EvalPrediction contract)."""
+    """Keeps what a user ``compute_metrics`` asks for, in HF's ``EvalPrediction`` shapes.
+
+    Structures are kept as the model returns them (a tuple of logits and hidden states stays a tuple;
+    several label columns give a tuple of label arrays), batches of different sequence lengths are
+    padded with -100, ``concat=False`` keeps a list per batch (``eval_do_concat_batches``), and
+    ``include`` names the extras of ``include_for_metrics`` (``inputs``, ``loss``). transformers'
+    ``EvalLoopContainer`` does the nested concatenation, so the result matches HF's to the array.
+    """
 
     def __init__(
         self,
-        preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        include_inputs: bool = False,
+        preprocess_logits_for_metrics: Callable[[Any, Any], Any] | None = None,
+        include: Sequence[str] = (),
+        concat: bool = True,
     ) -> None:
         self.preprocess = preprocess_logits_for_metrics
-        self.include_inputs = include_inputs
+        self.include = set(include)
+        self.concat = concat
         self.reset()
 
     def reset(self) -> None:
-        self.preds: list[np.ndarray] = []
-        self.labels: list[np.ndarray] = []
-        self.inputs: list[np.ndarray] = []
+        from transformers.trainer_pt_utils import EvalLoopContainer
+
+        self._parts = {name: EvalLoopContainer(self.concat, IGNORE_INDEX) for name in ("preds", "labels", "inputs", "losses")}
 
     @torch.no_grad()
-    def update(self, logits: Any, labels: torch.Tensor | None, inputs: torch.Tensor | None = None) -> None:
+    def update(self, logits: Any, labels: Any, inputs: torch.Tensor | None = None, loss: torch.Tensor | None = None) -> None:
+        """Add one batch; ``loss`` is the batch's mean loss, kept per sample for ``include_for_metrics=['loss']``."""
         if isinstance(logits, (tuple, list)) and len(logits) == 1:
             logits = logits[0]
-        if self.preprocess is not None:
+        if self.preprocess is not None and logits is not None:
             logits = self.preprocess(logits, labels)
-        if isinstance(logits, torch.Tensor):
-            logits = _gather_padded(logits.detach(), IGNORE_INDEX)
-            self.preds.append(logits.float().cpu().numpy() if logits.is_floating_point() else logits.cpu().numpy())
+        if logits is not None:
+            self._parts["preds"].add(_to_host(logits))
         if labels is not None:
-            self.labels.append(_gather_padded(labels.detach(), IGNORE_INDEX).cpu().numpy())
-        if self.include_inputs and inputs is not None:
-            self.inputs.append(_gather_padded(inputs.detach(), IGNORE_INDEX).cpu().numpy())
+            self._parts["labels"].add(_to_host(labels))
+        if "inputs" in self.include and inputs is not None:
+            self._parts["inputs"].add(_to_host(inputs))
+        if "loss" in self.include and loss is not None and inputs is not None:
+            self._parts["losses"].add(_to_host(loss.detach().reshape(1).repeat(inputs.shape[0])))
 
     def eval_prediction(self) -> EvalPrediction:
-        preds = _pad_cat(self.preds, IGNORE_INDEX)
-        labels = _pad_cat(self.labels, IGNORE_INDEX) if self.labels else None
-        inputs = _pad_cat(self.inputs, IGNORE_INDEX) if self.inputs else None
-        return EvalPrediction(predictions=preds, label_ids=labels, inputs=inputs)
+        arrays = {name: part.get_arrays() for name, part in self._parts.items()}
+        return EvalPrediction(
+            predictions=arrays["preds"], label_ids=arrays["labels"], inputs=arrays["inputs"], losses=arrays["losses"]
+        )

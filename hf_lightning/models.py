@@ -17,7 +17,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from hf_lightning.errors import ConfigError
 from hf_lightning.tasks import task_spec
 
-__all__ = ["ModelSpec", "build_model", "check_config_keys", "hub_offline", "resolve_local_or_hub"]
+__all__ = ["ModelSpec", "build_model", "check_config_keys", "hub_offline", "resolve_local_or_hub", "save_model_weights"]
 
 ModelSpec = str | dict[str, Any] | PretrainedConfig | nn.Module
 
@@ -128,3 +128,21 @@ def build_model(
 def is_pretrained(model: nn.Module) -> bool:
     """True for models that can write themselves with ``save_pretrained``."""
     return isinstance(model, PreTrainedModel) or hasattr(model, "save_pretrained")
+
+
+def save_model_weights(model: nn.Module, directory: str | Path, state_dict: dict[str, Any] | None = None) -> None:
+    """``save_pretrained`` where the model has it; otherwise its weights as ``model.safetensors``, as HF's Trainer does.
+
+    Plain ``nn.Module``s are welcome in the facade (seed examples wrap a backbone in their own module);
+    their checkpoints must still be written rather than crash the first save. Tensors sharing storage
+    (tied weights) are cloned so safetensors accepts them.
+    """
+    directory = Path(directory)
+    if is_pretrained(model):
+        model.save_pretrained(directory, **({"state_dict": state_dict} if state_dict is not None else {}))
+        return
+    from safetensors.torch import save_file
+
+    weights = state_dict if state_dict is not None else model.state_dict()
+    save_file({k: v.detach().contiguous().clone().cpu() for k, v in weights.items()},
+              str(directory / "model.safetensors"), metadata={"format": "pt"})

@@ -24,7 +24,7 @@ from hf_lightning.accumulation import WindowCounter, all_reduce_gradients, scale
 from hf_lightning.errors import ConfigError
 from hf_lightning.losses.base import ModelLoss, count_batch_items
 from hf_lightning.metrics import PredictionCollector, build_task_metrics
-from hf_lightning.models import build_model
+from hf_lightning.models import build_model, save_model_weights
 from hf_lightning.optim import OptimName, SchedulerName, build_optimizer, build_scheduler
 from hf_lightning.tasks import TaskName, task_spec
 
@@ -578,10 +578,7 @@ class HFLightningModule(pl.LightningModule):
         if self._trainer is not None and not self.trainer.is_global_zero:
             return None
         directory.mkdir(parents=True, exist_ok=True)
-        if sharded:
-            self.model.save_pretrained(directory, state_dict=state_dict)
-        else:
-            self.model.save_pretrained(directory)
+        save_model_weights(self.model, directory, state_dict)
         if processing_class is not None:
             processing_class.save_pretrained(directory)
         return directory

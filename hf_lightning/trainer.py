@@ -52,6 +52,7 @@ from hf_lightning.evaluation import eval_batches, move_to_device
 from hf_lightning.losses._utils import batch_size_of
 from hf_lightning.losses.base import count_batch_items
 from hf_lightning.metrics import PredictionCollector
+from hf_lightning.models import save_model_weights
 from hf_lightning.optim import build_optimizer, build_scheduler
 from hf_lightning.tasks import infer_task, task_spec
 from hf_lightning.trainer_module import LightningAccelerator, TrainerModule, accepts_parameter
@@ -98,6 +99,8 @@ class Trainer:
         self._user_optimizers = optimizers[0] is not None
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self.task = infer_task(self.model)
+        self._inspect_model()
+        self.model_preparation_time: float | None = None
         self.label_smoother = None
         if self.args.label_smoothing_factor:
             from hf_lightning.losses.label_smoothing import LabelSmoothingLoss
@@ -130,6 +133,16 @@ class Trainer:
     def _stateful_callbacks(self) -> list[Any]:
         return [cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)]
 
+    def _inspect_model(self) -> None:
+        """HF's defaults read off the model class: which inputs are labels, whether it returns a loss without them."""
+        from transformers.utils import can_return_loss, find_labels
+
+        if getattr(self.model, "config", None) is not None:
+            self.model.config.use_cache = self.args.use_cache  # HF: no KV cache while training and evaluating
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.label_names = find_labels(type(model)) if self.args.label_names is None else list(self.args.label_names)
+        self.can_return_loss = can_return_loss(type(model))
+
     def call_model_init(self, trial: Any = None) -> nn.Module:
         if self.model_init is None:
             raise ConfigError("model_init", "is required here", "pass model_init=... to Trainer")
@@ -150,7 +163,7 @@ class Trainer:
 
         forward = getattr(self.model, "forward", self.model.__call__)
         columns = list(inspect.signature(forward).parameters)
-        return columns + ["label", "label_ids", "labels"] + list(self.args.label_names or [])
+        return columns + ["label", "label_ids", "labels"] + list(self.label_names)
 
     def _remove_unused_columns(self, dataset: Any) -> Any:
         if not self.args.remove_unused_columns or not hasattr(dataset, "column_names"):
@@ -214,7 +227,7 @@ class Trainer:
         dataset = self._remove_unused_columns(dataset)
         return build_dataloader(
             dataset, self.args.per_device_eval_batch_size, self.data_collator, train=False,
-            num_workers=self.args.dataloader_num_workers,
+            num_workers=self.args.dataloader_num_workers, drop_last=self.args.dataloader_drop_last,
         )
 
     def get_test_dataloader(self, test_dataset: Dataset) -> DataLoader:
@@ -342,23 +355,33 @@ class Trainer:
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Loss, logits and labels for one evaluation batch (HF's contract)."""
-        label_names = self.args.label_names or ["labels"]
-        has_labels = all(inputs.get(k) is not None for k in label_names)
+    ) -> tuple[torch.Tensor | None, Any, Any]:
+        """Loss, logits and labels for one evaluation batch (HF's contract and structures).
+
+        Labels are the ``label_names`` columns (a tuple when there are several, e.g. QA's start and end
+        positions); logits are every output but the loss and ``ignore_keys`` (a tuple unless only one).
+        """
+        has_labels = bool(self.label_names) and all(inputs.get(k) is not None for k in self.label_names)
+        return_loss = inputs.get("return_loss")
+        loss_without_labels = not self.label_names and (self.can_return_loss if return_loss is None else return_loss)
         inputs = self._prepare_inputs(inputs)
+        if ignore_keys is None:
+            config = getattr(self.model, "config", None)
+            ignore_keys = list(getattr(config, "keys_to_ignore_at_inference", ["cache"])) if config is not None else []
         # Taken before compute_loss: overrides (the seeds' label smoothing) pop "labels" from inputs.
-        labels = inputs.get(label_names[0]) if has_labels else None
+        labels = None
+        if has_labels or loss_without_labels:
+            labels = tuple(inputs.get(name) for name in self.label_names)
+            labels = labels[0] if len(labels) == 1 else labels
         with torch.no_grad(), self.compute_loss_context_manager():
-            if has_labels:
+            if has_labels or loss_without_labels:
                 loss, outputs = self._call_compute_loss(model, inputs, None, return_outputs=True)
                 loss = loss.detach().mean()
             else:
                 loss, outputs = None, model(**inputs)
         if prediction_loss_only:
             return loss, None, None
-        logits = _logits_from(outputs, ignore_keys)
-        return loss, logits, labels
+        return loss, _logits_from(outputs, ignore_keys, drop_loss=loss is not None), labels
 
     def _call_compute_loss(self, model: nn.Module, inputs: dict, num_items: Any, return_outputs: bool = False) -> Any:
         kwargs: dict[str, Any] = {"return_outputs": return_outputs} if return_outputs else {}
@@ -444,9 +467,11 @@ class Trainer:
         self._check_eval_setup()
         resume_dir = self._resolve_resume(resume_from_checkpoint)
         self._resumed_from = resume_dir
-        if self.model_init is not None and trial is None and self.is_in_train is False and self._module is not None:
-            set_seed(args.seed)
+        if self.model_init is not None and trial is None:  # HF: a fresh model for every train() call
+            set_seed(args.seed) if not args.full_determinism else _full_determinism(args.seed)
             self.model = self.call_model_init()
+            self.task = infer_task(self.model)
+            self._inspect_model()
         if trial is not None:
             self._hp_search_setup(trial)
         train_loader = self.get_train_dataloader()
@@ -566,8 +591,10 @@ class Trainer:
     def _eval_model(self) -> nn.Module:
         module = self._module
         if module is None:
-            device = self.args.device
-            self.model.to(device)
+            start = time.time()
+            self.model.to(self.args.device)
+            if self.model_preparation_time is None:  # HF reports it once it evaluated before training
+                self.model_preparation_time = round(time.time() - start, 4)
             return self.model
         return module.forward_model
 
@@ -580,36 +607,54 @@ class Trainer:
         ``prediction_loss_only=None`` means ``args.prediction_loss_only``, as in HF: ``evaluate`` passes
         True without ``compute_metrics`` (so nothing but the loss is kept), ``predict`` passes None.
         """
-        from hf_lightning.accumulation import WindowCounter
+        from transformers.trainer_utils import denumpify_detensorize
 
         model = self._eval_model()
-        loss_only = prediction_loss_only if prediction_loss_only is not None else self.args.prediction_loss_only
-        want_preds = not loss_only
-        collector = PredictionCollector(self.preprocess_logits_for_metrics) if want_preds else None
-        counter = WindowCounter()
-        samples = 0
+        args = self.args
+        loss_only = prediction_loss_only if prediction_loss_only is not None else args.prediction_loss_only
+        include = list(args.include_for_metrics or [])
+        batch_metrics = bool(args.batch_eval_metrics) and self.compute_metrics is not None
+        collector = None
+        if not loss_only and not batch_metrics:
+            collector = PredictionCollector(self.preprocess_logits_for_metrics, include, args.eval_do_concat_batches)
+        loss_sum, samples, loss_samples = 0.0, 0, 0
+        metrics: dict[str, Any] = {}
+        main_input = getattr(self.model, "main_input_name", "input_ids")
         trainer = self._pl_trainer if self.is_in_train else None
-        for inputs in eval_batches(model, dataloader, trainer):
-            loss, logits, labels = self.prediction_step(model, inputs, prediction_loss_only=not want_preds,
+        batches = eval_batches(model, dataloader, trainer)
+        upcoming = next(batches, None)
+        while upcoming is not None:
+            inputs, upcoming = upcoming, next(batches, None)
+            loss, logits, labels = self.prediction_step(model, inputs, prediction_loss_only=loss_only,
                                                         ignore_keys=ignore_keys)
             rows = batch_size_of(inputs)
             samples += rows
-            if loss is not None:
-                items = self._items(inputs).to(loss.device)
-                counter.add(items, loss.detach().float() * items)
-            if collector is not None and logits is not None:
-                collector.update(logits, labels)
-            self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+            if loss is not None:  # HF: the mean of per-sample copies of each batch's mean loss
+                loss_sum += float(loss) * rows
+                loss_samples += rows
+            if batch_metrics and logits is not None and labels is not None:
+                if self.preprocess_logits_for_metrics is not None:
+                    logits = self.preprocess_logits_for_metrics(logits, labels)
+                extra = {"losses": loss.repeat(rows) if "loss" in include and loss is not None else None,
+                         "inputs": inputs.get(main_input) if "inputs" in include else None}
+                metrics = self.compute_metrics(EvalPrediction(logits, labels, **extra), compute_result=upcoming is None)
+            elif collector is not None and logits is not None:
+                collector.update(logits, labels, inputs.get(main_input), loss)
+            self.control = self.callback_handler.on_prediction_step(args, self.state, self.control)
         model.train(False)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        items, mean_loss = counter.close(device)
         samples = int(_all_reduce_int(samples, device))
-        metrics: dict[str, float] = {}
+        loss_samples = int(_all_reduce_int(loss_samples, device))
+        loss_sum = _all_reduce_int(loss_sum, device)
         prediction = collector.eval_prediction() if collector is not None else None
-        if self.compute_metrics is not None and prediction is not None and prediction.label_ids is not None:
-            metrics.update(self.compute_metrics(prediction))
-        if items > 0:
-            metrics["loss"] = mean_loss
+        if self.compute_metrics is not None and prediction is not None and prediction.predictions is not None \
+                and prediction.label_ids is not None:
+            metrics = self.compute_metrics(prediction)
+        metrics = denumpify_detensorize(dict(metrics or {}))
+        if loss_samples > 0:
+            metrics["loss"] = loss_sum / loss_samples
+        if getattr(self, "model_preparation_time", None) is not None:
+            metrics["model_preparation_time"] = self.model_preparation_time
         metrics = {k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": _to_float(v)
                    for k, v in metrics.items()}
         return EvalLoopOutput(
@@ -649,13 +694,15 @@ class Trainer:
         """Write the model (and processing class) with ``save_pretrained``."""
         output_dir = output_dir or self.args.output_dir
         if self._module is not None and self._pl_trainer is not None and self.is_in_train:
-            self._module.save_hf_pretrained(output_dir, processing_class=self.processing_class)
-            return
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(output_dir)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            written = self._module.save_hf_pretrained(output_dir, processing_class=self.processing_class)
+        else:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            save_model_weights(self.model, output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            written = output_dir
+        if written is not None:  # the rank that wrote the model (a collective under FSDP2)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> float:
         """FLOPs of one forward+backward on ``inputs``: 6 x input tokens x non-embedding parameters.
@@ -676,12 +723,36 @@ class Trainer:
         self.state.total_flos += flos
         self.current_flos = 0.0
 
-    def save_state(self) -> None:
-        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-        self.state.save_to_json(os.path.join(self.args.output_dir, TRAINER_STATE))
+    # The helpers HF's example scripts end with (log_metrics, save_metrics, save_state, ...): transformers
+    # binds these plain functions as methods, and so do we; they only need args, state and the optimizer.
+    from transformers.trainer_pt_utils import (  # noqa: E402
+        get_learning_rates,
+        get_num_trainable_parameters,
+        get_optimizer_group,
+        log_metrics,
+        metrics_format,
+        save_metrics,
+        save_state,
+    )
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """HF's draft model card (README.md in output_dir), written by transformers' own implementation."""
+        import transformers
+
+        transformers.Trainer.create_model_card(self, *args, **kwargs)  # type: ignore[arg-type]
 
     def is_world_process_zero(self) -> bool:
         return self.accelerator.is_main_process
+
+    def is_local_process_zero(self) -> bool:
+        return self.accelerator.is_local_main_process
+
+    def num_examples(self, dataloader: DataLoader) -> int:
+        """Examples behind ``dataloader`` (its dataset's length, else batches x batch size), as in HF."""
+        try:
+            return len(dataloader.dataset)  # type: ignore[arg-type]
+        except (NameError, AttributeError, TypeError):
+            return len(dataloader) * (dataloader.batch_size or 1)
 
     # ================================================================ callbacks
     def add_callback(self, callback: TrainerCallback | type) -> None:
@@ -705,15 +776,19 @@ class Trainer:
             set_seed(self.args.seed)
             self.model = self.call_model_init(trial)
             self.task = infer_task(self.model)
+            self._inspect_model()
 
 
-def _logits_from(outputs: Any, ignore_keys: list[str] | None) -> Any:
+def _logits_from(outputs: Any, ignore_keys: list[str], drop_loss: bool) -> Any:
+    """HF's rule: every output but the loss (when one was computed) and ``ignore_keys``; one alone is unwrapped."""
     if isinstance(outputs, dict):
-        values = [v for k, v in outputs.items() if k not in (ignore_keys or []) + ["loss"] and v is not None]
-        if "logits" in outputs and (not ignore_keys or "logits" not in ignore_keys):
-            return outputs["logits"]
-        return values[0] if len(values) == 1 else tuple(values)
-    return outputs[1:] if isinstance(outputs, (tuple, list)) else outputs
+        skip = set(ignore_keys) | ({"loss"} if drop_loss else set())
+        logits = tuple(v for k, v in outputs.items() if k not in skip)
+    elif isinstance(outputs, (tuple, list)):
+        logits = tuple(outputs[1:]) if drop_loss else tuple(outputs)
+    else:
+        return outputs
+    return logits[0] if len(logits) == 1 else logits
 
 
 def _all_reduce_int(value: float, device: torch.device) -> float:

@@ -78,3 +78,26 @@ def test_hf_callbacks_named_in_a_config(tmp_path: Path, demo_assets, monkeypatch
     bridge = next(cb for cb in cli.trainer.callbacks if isinstance(cb, HFCallbacks))
     assert cli.trainer.current_epoch < 9, "early stopping ended the run before max_epochs"
     assert bridge.host.state.best_metric is not None, "on_evaluate saw the eval metrics"
+
+
+def test_ckpt_path_resumes_fit_and_feeds_validate_test_predict(tmp_path: Path, demo_assets,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint's hyperparameters carry the linked values (num_labels, ...): not a user conflict."""
+    from hf_lightning.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["hf-lightning"])
+    tiny = [
+        "--config", str(REPO / "configs/quickstart.yaml"), "--trainer.max_epochs=1", "--trainer.limit_val_batches=1",
+        "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--data.max_train_samples=256",
+        "--data.max_eval_samples=16", '--model.model={"model_type": "bert", "hidden_size": 32, '
+        '"num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}',
+    ]
+    first = run_cli(["fit", *tiny, "--trainer.max_steps=2", "--trainer.callbacks+=ModelCheckpoint",
+                     f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}"])
+    assert first.trainer.global_step == 2
+    ckpt = str(next((tmp_path / "ckpt").glob("*.ckpt")))
+    resumed = run_cli(["fit", *tiny, "--trainer.max_steps=3", "--trainer.max_epochs=3", f"--ckpt_path={ckpt}"])
+    assert resumed.trainer.global_step == 3
+    for subcommand in ("validate", "test", "predict"):
+        run_cli([subcommand, *tiny, f"--ckpt_path={ckpt}"])

@@ -503,7 +503,15 @@ class HFDataModule(pl.LightningDataModule):
             raise ConfigError(field, f"column {column!r} has no labels", "check the data")
         if all(isinstance(v, str) for v in flat):
             return sorted(set(flat))
-        return [str(i) for i in range(int(max(flat)) + 1)]
+        if any(isinstance(v, float) and not float(v).is_integer() for v in flat):
+            raise ConfigError(
+                field, f"column {column!r} holds fractional values ({flat[0]!r}, ...): a regression target",
+                "HFDataModule trains classifiers; map the values to classes, or train regression through the "
+                "Trainer facade (a model with num_labels=1)",
+            )
+        # Integer classes are the sorted distinct values (as HF's run_glue): 1..5 stars are 5 classes
+        # and -1/+1 two; a 0..K-1 column keeps its ids.
+        return [str(v) for v in sorted({int(v) for v in flat})]
 
     def _check_columns(self, split: Any) -> None:
         needed = {c: "data.text_column" for c in self.text_columns}
@@ -544,11 +552,18 @@ class HFDataModule(pl.LightningDataModule):
                     f"split {self.splits[which]!r} is empty",
                     "provide rows or remove the split",
                 )
+            labelled = self._has_labels(split)
+            if not labelled and which != "test":
+                raise ConfigError(
+                    f"data.{which}_split", f"split {self.splits[which]!r} has no labels (no values in its label column)",
+                    "label it; only the test split (test/predict) may come without labels",
+                )
             if self.collator_name == "two_view":
                 # TwoViewCollator tokenises at batch time (view two is made from the raw words).
                 tokenized[which] = split.select_columns(self.text_columns)
             else:
-                tokenized[which] = split.map(self._tokenize, batched=True, remove_columns=split.column_names)
+                tokenized[which] = split.map(self._tokenize, batched=True, remove_columns=split.column_names,
+                                             fn_kwargs={"labelled": labelled})
         self._tokenized = tokenized
 
     def _label_ids(
@@ -558,7 +573,11 @@ class HFDataModule(pl.LightningDataModule):
         index = {n: i for i, n in enumerate(names)}
         out = []
         for v in values:
-            label = index.get(v) if isinstance(v, str) else int(v)
+            if v is None:
+                raise ConfigError(field, "a row has no label (None)", "label every row of the split, or drop it")
+            # An integer is its class's name when one matches (inferred names, or label_names: ["-1", "1"]),
+            # else a position (label_names: [neg, pos] over 0/1).
+            label = index.get(v) if isinstance(v, str) else index.get(str(int(v)), int(v))
             if label is None or not 0 <= label < len(names):
                 raise ConfigError(
                     field,
@@ -568,12 +587,24 @@ class HFDataModule(pl.LightningDataModule):
             out.append(label)
         return out
 
-    def _tokenize(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
+    def _has_labels(self, split: Any) -> bool:
+        """False for a split without the label column, or whose labels are all missing (files merged by
+        ``datasets`` get the column filled with None): such a split can be predicted on, not scored."""
+        column = self.target_column if self.task == "seq2seq-lm" else self.label_column
+        if column is None:
+            return True
+        if column not in split.column_names:
+            return False
+        return any(v is not None for v in split[column])
+
+    def _tokenize(self, batch: dict[str, list[Any]], labelled: bool = True) -> dict[str, Any]:
         texts = [batch[c] for c in self.text_columns]
         if self.task == "token-classification":
             enc = self.tokenizer(
                 texts[0], truncation=True, max_length=self.max_length, is_split_into_words=True
             )
+            if not labelled:
+                return enc
             enc["labels"] = [
                 self._align_word_labels(enc.word_ids(i), row)
                 for i, row in enumerate(batch[self.label_column])
@@ -583,6 +614,8 @@ class HFDataModule(pl.LightningDataModule):
             enc = self.tokenizer(
                 texts[0], truncation=True, max_length=self.max_length, is_split_into_words=True
             )
+            if not labelled:
+                return enc
             enc["labels"] = self._label_ids(batch[self.label_column])
             enc[TAGS_KEY] = [
                 self._align_word_labels(enc.word_ids(i), row, self.tag_names, "data.tag_column")
@@ -590,9 +623,11 @@ class HFDataModule(pl.LightningDataModule):
             ]
             return enc
         if self.task == "seq2seq-lm":
+            if not labelled:
+                return self.tokenizer(texts[0], truncation=True, max_length=self.max_length)
             return self._seq2seq(texts[0], batch[self.target_column])
         enc = self.tokenizer(*texts, truncation=True, max_length=self.max_length)
-        if self.label_column is not None:
+        if self.label_column is not None and labelled:
             enc["labels"] = self._label_ids(batch[self.label_column])
         return enc
 
@@ -653,6 +688,11 @@ class HFDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, which: str) -> DataLoader | list:
         split = self.dataset(which)
+        if split is None and which == "test":  # asked for explicitly (test/predict): never an empty answer
+            raise ConfigError(
+                "data.test_split", f"split {self.splits['test']!r} not found (splits: {list(self.raw)})",
+                "add a test file (data_files: {test: ...}) or set test_split to one of the splits",
+            )
         if split is None:
             return []
         return build_dataloader(

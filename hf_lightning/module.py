@@ -22,10 +22,17 @@ import torch.nn as nn
 
 from hf_lightning.accumulation import WindowCounter, all_reduce_gradients, scale_gradients
 from hf_lightning.errors import ConfigError
-from hf_lightning.losses.base import ModelLoss, count_batch_items
+from hf_lightning.losses.base import ModelLoss, count_batch_items, split_labels
 from hf_lightning.metrics import PredictionCollector, build_task_metrics
 from hf_lightning.models import build_model, save_model_weights
-from hf_lightning.optim import OptimName, SchedulerName, build_optimizer, build_scheduler
+from hf_lightning.optim import (
+    OptimName,
+    SchedulerName,
+    build_optimizer,
+    build_scheduler,
+    lightning_optimizers,
+    step_plateau,
+)
 from hf_lightning.tasks import TaskName, task_spec
 
 __all__ = ["HFLightningModule", "LossResult"]
@@ -38,6 +45,9 @@ class LossResult:
     loss: torch.Tensor
     outputs: Any
     items: torch.Tensor
+
+
+LOSS_CLASS_KEY = "hf_lightning_loss_class"
 
 
 class HFLightningModule(pl.LightningModule):
@@ -202,6 +212,23 @@ class HFLightningModule(pl.LightningModule):
             raise ConfigError("adversarial", f"FGM needs the embedding gradient between its two backward passes, "
                               f"which {type(self.trainer.strategy).__name__} does not give inside training_step",
                               "train FGM with ddp, or fsdp on FSDP2 (ModelParallelStrategy)")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The loss object is not a hyperparameter (a distillation teacher must not be pickled into every
+        # checkpoint); record its class so that a reload without it fails loudly instead of silently
+        # training or evaluating with the model's plain loss.
+        if self.loss_fn is not None:
+            checkpoint[LOSS_CLASS_KEY] = f"{type(self.loss_fn).__module__}.{type(self.loss_fn).__qualname__}"
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trained_with = checkpoint.get(LOSS_CLASS_KEY)
+        if trained_with and self.loss_fn is None:
+            name = trained_with.rsplit(".", 1)[-1]
+            raise ConfigError(
+                "loss", f"the checkpoint was trained with {trained_with} and none was given",
+                f"pass it again: HFLightningModule.load_from_checkpoint(path, loss={name}(...))",
+            )
 
     def on_fit_start(self) -> None:
         # from_pretrained returns a model in eval mode and Lightning keeps each submodule's mode, so a
@@ -523,11 +550,17 @@ class HFLightningModule(pl.LightningModule):
         self.last_eval_metrics = metrics
         if not self.hf_logging:
             self.log_dict(metrics, prog_bar=True, sync_dist=False, batch_size=1)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            step_plateau(getattr(self, "_plateau", None), metrics, "eval_loss")
 
     on_test_epoch_end = on_validation_epoch_end
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs, labels = split_labels(self.model, batch)
+        if labels is None and self.task == "seq2seq-lm":
+            # Nothing to teacher-force with: predict what the model writes.
+            keep = {"input_ids", "attention_mask"}  # tokenizer extras (token_type_ids) are not generate() inputs
+            return {"generated": self.model.generate(**{k: v for k, v in inputs.items() if k in keep})}
         outputs = self.forward_model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         out = {"logits": logits}
@@ -560,7 +593,8 @@ class HFLightningModule(pl.LightningModule):
             warmup_ratio=hp.warmup_ratio,
             lr_scheduler_kwargs=hp.lr_scheduler_kwargs,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        self._plateau = scheduler  # stepped after each evaluation when it is a ReduceLROnPlateau
+        return lightning_optimizers(optimizer, scheduler)
 
     # ------------------------------------------------------------------ export
     def save_hf_pretrained(self, directory: str | Path, processing_class: Any = None) -> Path | None:

@@ -28,6 +28,8 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "check_name",
+    "lightning_optimizers",
+    "step_plateau",
     "decay_parameter_groups",
     "resolve_warmup_steps",
 ]
@@ -141,3 +143,28 @@ def build_scheduler(
         num_training_steps=num_training_steps,
         scheduler_specific_kwargs=dict(lr_scheduler_kwargs or {}),
     )
+
+
+def lightning_optimizers(optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    """``configure_optimizers``' answer: the scheduler steps once per optimizer step.
+
+    ``ReduceLROnPlateau`` is the exception: it needs an evaluation metric, and HF steps it after each
+    evaluation during training, so Lightning is not given it; :func:`step_plateau` does the stepping.
+    """
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return {"optimizer": optimizer}
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def step_plateau(scheduler: Any, metrics: dict[str, Any], metric: str | None) -> None:
+    """Step a ``ReduceLROnPlateau`` with this evaluation's ``metric`` (``eval_`` prefix optional), as HF does."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return
+    name = metric or "loss"
+    name = name if name.startswith("eval_") else f"eval_{name}"
+    if name not in metrics:
+        raise ConfigError(
+            "metric_for_best_model", f"reduce_lr_on_plateau watches {name!r}, which the evaluation did not report",
+            f"use one of {sorted(k for k in metrics if k.startswith('eval_'))}",
+        )
+    scheduler.step(float(metrics[name]))

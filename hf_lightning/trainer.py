@@ -53,7 +53,7 @@ from hf_lightning.losses._utils import batch_size_of
 from hf_lightning.losses.base import count_batch_items
 from hf_lightning.metrics import PredictionCollector
 from hf_lightning.models import save_model_weights
-from hf_lightning.optim import build_optimizer, build_scheduler
+from hf_lightning.optim import build_optimizer, build_scheduler, step_plateau
 from hf_lightning.tasks import infer_task, task_spec
 from hf_lightning.trainer_module import LightningAccelerator, TrainerModule, accepts_parameter
 
@@ -534,8 +534,10 @@ class Trainer:
             metrics: dict[str, float] = {}
             for name, dataset in self.eval_dataset.items():
                 metrics.update(self.evaluate(dataset, metric_key_prefix=f"eval_{name}"))
-            return metrics
-        return self.evaluate()
+        else:
+            metrics = self.evaluate()
+        step_plateau(self.lr_scheduler, metrics, self.args.metric_for_best_model)
+        return metrics
 
     def determine_best_metric(self, metrics: dict[str, float]) -> bool:
         """HF's best-metric bookkeeping; True when this evaluation is a new best."""

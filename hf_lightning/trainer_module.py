@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from hf_lightning.accumulation import all_reduce_gradients, scale_gradients
 from hf_lightning.module import HFLightningModule
+from hf_lightning.optim import lightning_optimizers
 
 __all__ = ["LightningAccelerator", "TrainerModule", "accepts_parameter"]
 
@@ -153,7 +154,7 @@ class TrainerModule(HFLightningModule):
         optimizer = self.host.create_optimizer()
         num_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = self.host.create_scheduler(num_training_steps=num_steps, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return lightning_optimizers(optimizer, scheduler)
 
 
 def _trainable_host_modules(host: Any, model: nn.Module) -> dict[str, nn.Module]:

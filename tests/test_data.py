@@ -72,7 +72,8 @@ def test_classification_from_every_file_format(suffix: str, tmp_path: Path, toke
     batch = next(iter(data.val_dataloader()))  # evaluation order is the file order
     assert batch["labels"].tolist() == [1, 1, 0, 0]
     assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[0] == 4
-    assert data.test_dataloader() == [], "no test split: skipped, not an error"
+    with pytest.raises(ConfigError, match="data.test_split"):  # test/predict asked for a split that is not there
+        data.test_dataloader()
 
 
 def test_plain_text_file_for_causal_lm(tmp_path: Path, tokenizer: str) -> None:
@@ -107,11 +108,49 @@ def test_label_names_fix_the_order(tmp_path: Path, tokenizer: str) -> None:
     assert data.dataset("train")["labels"] == [0, 0, 1, 1, 0, 1]
 
 
-def test_integer_labels_count_up_to_the_largest(tmp_path: Path, tokenizer: str) -> None:
-    rows = [{"text": r["text"], "label": i % 3} for i, r in enumerate(ROWS)]
-    data = make(tokenizer, write(tmp_path / "t.csv", rows))
-    assert data.label_names == ["0", "1", "2"]
-    assert data.dataset("train")["labels"] == [0, 1, 2, 0, 1, 2]
+def test_integer_labels_are_their_sorted_distinct_values(tmp_path: Path, tokenizer: str) -> None:
+    """As HF's run_glue: 0..K-1 keep their ids, 1..5 stars are five classes, -1/+1 two."""
+    cases = {"zero-based": ([0, 1, 2, 0, 1, 2], ["0", "1", "2"], [0, 1, 2, 0, 1, 2]),
+             "stars": ([1, 5, 3, 2, 4, 5], ["1", "2", "3", "4", "5"], [0, 4, 2, 1, 3, 4]),
+             "signed": ([-1, 1, 1, -1, 1, -1], ["-1", "1"], [0, 1, 1, 0, 1, 0])}
+    for name, (values, names, ids) in cases.items():
+        rows = [{"text": r["text"], "label": v} for r, v in zip(ROWS, values)]
+        data = make(tokenizer, write(tmp_path / f"{name}.csv", rows))
+        assert data.label_names == names, name
+        assert data.dataset("train")["labels"] == ids, name
+    # Given names that are the values map by value; other names map 0/1 by position.
+    rows = [{"text": r["text"], "label": v} for r, v in zip(ROWS, [-1, 1, 1, -1, 1, -1])]
+    assert make(tokenizer, write(tmp_path / "s.jsonl", rows), label_names=["-1", "1"]).dataset("train")["labels"] \
+        == [0, 1, 1, 0, 1, 0]
+
+
+def test_fractional_labels_are_refused_as_regression(tmp_path: Path, tokenizer: str) -> None:
+    rows = [{"text": r["text"], "label": 0.4 + i} for i, r in enumerate(ROWS)]
+    with pytest.raises(ConfigError, match="regression") as info:
+        make(tokenizer, write(tmp_path / "t.jsonl", rows)).setup()
+    assert info.value.field == "data.label_column"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_test_split_without_labels_is_predicted_on(suffix: str, tmp_path: Path, tokenizer: str) -> None:
+    """A test file without the label column (or with it empty, as datasets merges it) tokenises without labels."""
+    test_rows = [{"text": r["text"]} for r in ROWS[:3]]
+    files = {"train": write(tmp_path / f"train{suffix}", ROWS), "test": write(tmp_path / f"test{suffix}", test_rows)}
+    data = make(tokenizer, files)
+    assert "labels" not in data.dataset("test").column_names
+    batch = next(iter(data.predict_dataloader()))
+    assert "labels" not in batch and batch["input_ids"].shape[0] == 3
+
+
+def test_validation_without_labels_and_missing_test_split_are_named(tmp_path: Path, tokenizer: str) -> None:
+    files = {"train": write(tmp_path / "train.jsonl", ROWS),
+             "validation": write(tmp_path / "val.jsonl", [{"text": "good"}, {"text": "bad"}])}
+    with pytest.raises(ConfigError) as info:
+        make(tokenizer, files).setup()
+    assert info.value.field == "data.validation_split" and "no labels" in info.value.problem
+    with pytest.raises(ConfigError) as info:
+        make(tokenizer, write(tmp_path / "t.jsonl", ROWS)).predict_dataloader()
+    assert info.value.field == "data.test_split"
 
 
 def test_class_label_names_come_from_the_dataset_features(tmp_path: Path, tokenizer: str) -> None:
@@ -127,8 +166,8 @@ def test_class_label_names_come_from_the_dataset_features(tmp_path: Path, tokeni
 
 @pytest.mark.parametrize(
     ("bad", "names"),
-    [(5, ["a", "b"]), (-1, None), ("meh", ["neg", "pos"])],
-    ids=["int", "negative", "string"],
+    [(5, ["a", "b"]), (None, None), ("meh", ["neg", "pos"])],
+    ids=["int", "missing", "string"],
 )
 def test_label_outside_the_known_labels(
     bad: Any, names: list[str] | None, tmp_path: Path, tokenizer: str
@@ -243,7 +282,7 @@ def test_null_splits_are_skipped(tmp_path: Path, tokenizer: str) -> None:
     data = make(
         tokenizer, {"train": path, "validation": path, "test": path}, test_split=None, validation_split=None
     )
-    assert data.dataset("test") is None and data.test_dataloader() == [] and data.val_dataloader() == []
+    assert data.dataset("test") is None and data.val_dataloader() == []
 
 
 def test_max_samples_keep_the_first_rows(tmp_path: Path, tokenizer: str) -> None:

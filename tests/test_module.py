@@ -119,3 +119,64 @@ def test_weight_decay_grouping_matches_hf() -> None:
     assert all("bias" not in n and "LayerNorm" not in n for n in names)
     assert any("LayerNorm" in n for n, p in module.named_parameters() if id(p) not in decayed)
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+def _s2s(task_files, demo_assets, **kwargs) -> tuple[HFDataModule, HFLightningModule]:
+    data = HFDataModule(dataset="json", data_files=task_files["s2s"], tokenizer=demo_assets["tokenizer"],
+                        task="seq2seq-lm", target_column="summary", batch_size=4, max_length=16)
+    module = HFLightningModule(model=TINY_MODELS["t5"], task="seq2seq-lm", vocab_size=data.vocab_size,
+                               pad_token_id=data.pad_token_id, **kwargs)
+    return data, module
+
+
+def test_seq2seq_predicts_with_and_without_labels_and_trains_with_label_smoothing(task_files, demo_assets,
+                                                                                 tmp_path: Path) -> None:
+    """Losses and predictions call the model without labels; the decoder inputs come from the labels."""
+    data, module = _s2s(task_files, demo_assets, label_smoothing_factor=0.1)
+    trainer = _trainer(max_steps=2, limit_val_batches=1)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 2
+    labelled = HFDataModule(dataset="json", data_files=task_files["s2s"], tokenizer=demo_assets["tokenizer"],
+                            task="seq2seq-lm", target_column="summary", batch_size=4, max_length=16,
+                            test_split="validation")
+    out = _trainer(limit_predict_batches=1).predict(module, datamodule=labelled)[0]  # teacher-forced logits
+    assert out["logits"].shape[:2] == out["labels"].shape
+    rows = [{"text": "good film"}, {"text": "bad plot"}]  # unlabelled: generated ids
+    test = tmp_path / "test.jsonl"
+    test.write_text("\n".join(__import__("json").dumps(r) for r in rows))
+    files = {**task_files["s2s"], "test": str(test)}
+    unlabelled = HFDataModule(dataset="json", data_files=files, tokenizer=demo_assets["tokenizer"], task="seq2seq-lm",
+                              target_column="summary", batch_size=4, max_length=16)
+    out = _trainer().predict(module, datamodule=unlabelled)[0]
+    assert set(out) == {"generated"} and out["generated"].shape[0] == 2
+
+
+def test_reduce_lr_on_plateau_steps_after_each_evaluation(task_files, demo_assets) -> None:
+    data = HFDataModule(dataset="json", data_files=task_files["cls"], tokenizer=demo_assets["tokenizer"],
+                        batch_size=4, max_length=16)
+    module = HFLightningModule(model=TINY_MODELS["bert"], num_labels=data.num_labels, vocab_size=data.vocab_size,
+                               learning_rate=1e-3, lr_scheduler_type="reduce_lr_on_plateau",
+                               lr_scheduler_kwargs={"patience": 0, "factor": 0.5, "threshold": 10.0})
+    trainer = _trainer(max_steps=4, val_check_interval=1, limit_val_batches=1)
+    trainer.fit(module, datamodule=data)
+    # threshold 10 (relative): no evaluation, not even the first, counts as an improvement; each halves the lr
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5**4)
+
+
+def test_load_from_checkpoint_needs_the_loss_it_was_trained_with(task_files, demo_assets, tmp_path: Path) -> None:
+    from hf_lightning.losses import FocalLoss
+
+    data = HFDataModule(dataset="json", data_files=task_files["cls"], tokenizer=demo_assets["tokenizer"],
+                        batch_size=4, max_length=16)
+    module = HFLightningModule(model=TINY_MODELS["bert"], num_labels=data.num_labels, vocab_size=data.vocab_size,
+                               loss=FocalLoss(gamma=2.0))
+    trainer = _trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "focal.ckpt")
+    with pytest.raises(ConfigError, match="FocalLoss") as info:
+        HFLightningModule.load_from_checkpoint(tmp_path / "focal.ckpt")
+    assert info.value.field == "loss"
+    reloaded = HFLightningModule.load_from_checkpoint(tmp_path / "focal.ckpt", loss=FocalLoss(gamma=2.0))
+    assert isinstance(reloaded.loss_fn, FocalLoss)
+    for key, value in module.model.state_dict().items():
+        assert torch.equal(value, reloaded.model.state_dict()[key]), key

@@ -235,3 +235,18 @@ def test_model_init_gives_every_train_call_a_fresh_model(tmp_path, cls_dataset, 
         trainer.train()
         assert trainer.model is not first
     assert calls["hf_lightning"] == calls["transformers"] == 2
+
+
+def test_reduce_lr_on_plateau_steps_with_each_evaluation_as_in_hf(tmp_path, cls_dataset, demo_tokenizer):
+    histories = {}
+    for name, (trainer_cls, args_cls) in IMPLEMENTATIONS.items():
+        args = args_cls(output_dir=str(tmp_path / name), max_steps=4, per_device_train_batch_size=4,
+                        learning_rate=1e-3, lr_scheduler_type="reduce_lr_on_plateau", eval_strategy="steps",
+                        eval_steps=1, logging_steps=1, lr_scheduler_kwargs={"patience": 0, "factor": 0.5, "threshold": 10.0},
+                        **BASE)
+        trainer = trainer_cls(model=tiny_bert_classifier(len(demo_tokenizer)), args=args, train_dataset=cls_dataset,
+                              eval_dataset=cls_dataset.select(range(8)), processing_class=demo_tokenizer)
+        trainer.train()
+        histories[name] = [round(e["learning_rate"], 12) for e in trainer.state.log_history if "learning_rate" in e]
+    assert histories["hf_lightning"] == histories["transformers"]
+    assert len(set(histories["transformers"])) > 1, "the evaluations must have lowered the learning rate"

@@ -96,7 +96,8 @@ class HFCallbackBridge(pl.Callback):
         handler.model = getattr(pl_module, "model", pl_module)
         handler.optimizer = trainer.optimizers[0] if trainer.optimizers else None
         configs = trainer.lr_scheduler_configs
-        handler.lr_scheduler = configs[0].scheduler if configs else None
+        # A ReduceLROnPlateau is stepped by evaluations, not by Lightning: take it from its owner.
+        handler.lr_scheduler = configs[0].scheduler if configs else getattr(self.host, "lr_scheduler", None)
         handler.train_dataloader = trainer.train_dataloader
 
     def _apply_control(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -39,6 +39,21 @@ def count_batch_items(batch: dict[str, Any], shift: bool = False) -> torch.Tenso
     return count_label_items(batch.get("labels"), shift, batch_size_of(batch))
 
 
+def split_labels(model: nn.Module, batch: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The model inputs with ``labels`` taken out, and the labels.
+
+    An encoder-decoder model derives its decoder inputs from ``labels`` when it gets them; a loss
+    that scores the logits itself (or a prediction) calls the model without them, so the decoder
+    inputs are prepared here the same way (HF's ``DataCollatorForSeq2Seq(model=...)`` does this).
+    """
+    inputs = dict(batch)
+    labels = inputs.pop("labels", None)
+    prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+    if prepare is not None and labels is not None and "decoder_input_ids" not in inputs and labels.dim() > 1:
+        inputs["decoder_input_ids"] = prepare(labels=labels)
+    return inputs, labels
+
+
 class ModelLoss(nn.Module):
     """Base class: run the model on a batch and return ``(mean_loss, outputs)``.
 
@@ -49,8 +64,7 @@ class ModelLoss(nn.Module):
     shift_labels: bool = False
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-        inputs = dict(batch)
-        labels = inputs.pop("labels", None)
+        inputs, labels = split_labels(model, batch)
         outputs = model(**inputs)
         loss = self.loss_from_logits(outputs.logits, labels)
         return loss, outputs

@@ -9,6 +9,7 @@ exactly the data the uninterrupted one would have seen.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -170,7 +171,13 @@ def build_dataloader(
 
 
 class _EvalShardSampler(torch.utils.data.Sampler[int]):
-    """Sequential evaluation order, split across ranks without padding (no duplicated samples)."""
+    """Sequential evaluation order, split across ranks by stride (rank r: rows r, r+W, ...).
+
+    Every rank gets the same number of rows, the short ones repeating their last row: a sharded model
+    (FSDP, ZeRO-3) all-gathers weights in each forward, so a rank that ran out of batches early would
+    leave the others waiting forever. ``real_count`` says how many rows are real;
+    ``evaluation.PaddingTrimmer`` cuts the repeats before they reach a loss or a metric.
+    """
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -182,13 +189,21 @@ class _EvalShardSampler(torch.utils.data.Sampler[int]):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
+    @property
+    def real_count(self) -> int:
+        rank, world = self._rank()
+        return len(range(rank, self.n, world))
+
     def __iter__(self):
         rank, world = self._rank()
-        return iter(range(rank, self.n, world))
+        rows = list(range(rank, self.n, world))
+        if world > 1 and self.n > 0:
+            rows += [rows[-1] if rows else 0] * (math.ceil(self.n / world) - len(rows))
+        return iter(rows)
 
     def __len__(self) -> int:
         rank, world = self._rank()
-        return len(range(rank, self.n, world))
+        return math.ceil(self.n / world) if world > 1 else self.n
 
 
 class HFDataModule(pl.LightningDataModule):

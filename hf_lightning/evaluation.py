@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["eval_batches", "move_to_device"]
+__all__ = ["PaddingTrimmer", "eval_batches", "move_to_device"]
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -39,3 +39,30 @@ def eval_batches(module: nn.Module, dataloader: Iterable[Any], trainer: Any = No
         batch = move_to_device(batch, device)
         with torch.no_grad(), precision_ctx():
             yield batch
+
+
+class PaddingTrimmer:
+    """Cuts the rows a rank's evaluation shard repeated for even batch counts (``data._EvalShardSampler``).
+
+    Call it on each batch in order: it returns the batch without repeated rows, or None for a batch
+    that held nothing else. Such a batch must still go through the model once (a sharded model's
+    forward is a collective) with its result thrown away. Loaders without that sampler pass through.
+    """
+
+    def __init__(self, dataloader: Any) -> None:
+        self.left: int | None = getattr(getattr(dataloader, "sampler", None), "real_count", None)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any] | None:
+        if self.left is None:
+            return batch
+        from hf_lightning.losses._utils import batch_size_of
+
+        rows = batch_size_of(batch)
+        keep = max(0, min(rows, self.left))
+        self.left -= keep
+        if keep == rows:
+            return batch
+        if keep == 0:
+            return None
+        return {k: v[:keep] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == rows else v
+                for k, v in batch.items()}

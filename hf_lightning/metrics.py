@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -60,32 +61,44 @@ def build_task_metrics(task: str, num_labels: int | None) -> TaskMetrics:
     return TaskMetrics(task, num_labels)
 
 
-def _gather_padded(t: torch.Tensor, pad_value: float) -> torch.Tensor:
-    """All-gather tensors of unequal length on dim 1 (sequence tasks) across ranks."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    if t.ndim == 0:
-        t = t[None]
-    shape = torch.tensor(list(t.shape), device=t.device)
-    shapes = [torch.zeros_like(shape) for _ in range(dist.get_world_size())]
-    dist.all_gather(shapes, shape)
-    max_shape = torch.stack(shapes).max(0).values.tolist()
-    padded = t.new_full(max_shape, pad_value)
-    padded[tuple(slice(0, s) for s in t.shape)] = t
-    out = [torch.empty_like(padded) for _ in shapes]
-    dist.all_gather(out, padded)
-    return torch.cat([o[: int(s[0])] for o, s in zip(out, shapes)], dim=0)
-
-
-def _to_host(tensors: Any) -> Any:
-    """Detach, gather over ranks (padding with -100 as HF does) and move to CPU, through nested tuples/dicts."""
+def _detached_cpu(tensors: Any) -> Any:
+    """Detach and move to CPU through nested tuples/dicts (model outputs, label tuples)."""
     if isinstance(tensors, (list, tuple)):
-        return type(tensors)(_to_host(t) for t in tensors)
+        return type(tensors)(_detached_cpu(t) for t in tensors)
     if isinstance(tensors, dict):
-        return type(tensors)({k: _to_host(v) for k, v in tensors.items()})
+        return type(tensors)({k: _detached_cpu(v) for k, v in tensors.items()})
     if isinstance(tensors, torch.Tensor):
-        return _gather_padded(tensors.detach(), IGNORE_INDEX).cpu()
+        return tensors.detach().cpu()
     return tensors
+
+
+def _take(arrays: Any, order: np.ndarray) -> Any:
+    if isinstance(arrays, (list, tuple)):
+        return type(arrays)(_take(a, order) for a in arrays)
+    return arrays[order] if isinstance(arrays, np.ndarray) and len(arrays) == len(order) else arrays
+
+
+def _merge_ranks(per_rank: list[Any], concat: bool) -> Any:
+    """One rank's arrays after another; in dataset order again where the ranks held strided shards.
+
+    Evaluation shards are strided (rank r holds rows r, r+W, ...; see ``data._EvalShardSampler``), so
+    the concatenation is permuted back; shards of any other shape are left concatenated.
+    """
+    from transformers.trainer_pt_utils import nested_concat
+
+    present = [a for a in per_rank if a is not None]
+    if not present:
+        return None
+    if not concat:
+        return [batch for arrays in present for batch in arrays]
+    merged = present[0]
+    for arrays in present[1:]:
+        merged = nested_concat(merged, arrays, padding_index=IGNORE_INDEX)
+    sizes = [len(a[0] if isinstance(a, (list, tuple)) else a) for a in present]
+    world, total = len(present), sum(sizes)
+    if world == len(per_rank) and sizes == [len(range(r, total, world)) for r in range(world)]:
+        merged = _take(merged, np.argsort(np.concatenate([np.arange(r, total, world) for r in range(world)])))
+    return merged
 
 
 class PredictionCollector:
@@ -122,16 +135,25 @@ class PredictionCollector:
         if self.preprocess is not None and logits is not None:
             logits = self.preprocess(logits, labels)
         if logits is not None:
-            self._parts["preds"].add(_to_host(logits))
+            self._parts["preds"].add(_detached_cpu(logits))
         if labels is not None:
-            self._parts["labels"].add(_to_host(labels))
+            self._parts["labels"].add(_detached_cpu(labels))
         if "inputs" in self.include and inputs is not None:
-            self._parts["inputs"].add(_to_host(inputs))
+            self._parts["inputs"].add(_detached_cpu(inputs))
         if "loss" in self.include and loss is not None and inputs is not None:
-            self._parts["losses"].add(_to_host(loss.detach().reshape(1).repeat(inputs.shape[0])))
+            self._parts["losses"].add(_detached_cpu(loss.reshape(1).repeat(inputs.shape[0])))
 
     def eval_prediction(self) -> EvalPrediction:
+        """Everything kept, from every rank (a collective: call it on all ranks, once per evaluation).
+
+        Ranks may have evaluated different numbers of batches, so nothing is gathered per batch; the
+        arrays travel once, at the end.
+        """
         arrays = {name: part.get_arrays() for name, part in self._parts.items()}
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            per_rank: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(per_rank, arrays)
+            arrays = {name: _merge_ranks([r[name] for r in per_rank], self.concat) for name in arrays}
         return EvalPrediction(
             predictions=arrays["preds"], label_ids=arrays["labels"], inputs=arrays["inputs"], losses=arrays["losses"]
         )

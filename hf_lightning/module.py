@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from hf_lightning.accumulation import WindowCounter, all_reduce_gradients, scale_gradients
 from hf_lightning.errors import ConfigError
+from hf_lightning.evaluation import PaddingTrimmer
 from hf_lightning.losses.base import ModelLoss, count_batch_items, split_labels
 from hf_lightning.metrics import PredictionCollector, build_task_metrics
 from hf_lightning.models import build_model, save_model_weights
@@ -143,6 +144,7 @@ class HFLightningModule(pl.LightningModule):
         self.last_train_log: dict[str, float] = {}
         self._train_window = WindowCounter()
         self._eval_window = WindowCounter()
+        self._eval_trimmers: dict[int, PaddingTrimmer] = {}
         self._backward_done = False
         self._zero_pending = False
         self._in_own_backward = False
@@ -509,7 +511,21 @@ class HFLightningModule(pl.LightningModule):
             pl.utilities.rank_zero_warn(message)
 
     # ------------------------------------------------------------------ evaluation
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+    def _trimmed(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any] | None:
+        """The batch without rows repeated for even batch counts across ranks (see ``PaddingTrimmer``)."""
+        trimmers = self._eval_trimmers
+        if dataloader_idx not in trimmers:
+            loaders = self.trainer.test_dataloaders if self.trainer.testing else self.trainer.val_dataloaders
+            loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+            trimmers[dataloader_idx] = PaddingTrimmer(loader)
+        return trimmers[dataloader_idx](batch)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor | None:
+        real = self._trimmed(batch, dataloader_idx)
+        if real is None:  # only repeated rows: forward in step with the other ranks (sharded models), then drop
+            self.forward_model(**split_labels(self.model, batch)[0])
+            return None
+        batch = real
         result = self.compute_loss(batch)
         self._eval_window.add(result.items, result.loss.detach() * result.items)
         logits = getattr(result.outputs, "logits", None)
@@ -526,6 +542,7 @@ class HFLightningModule(pl.LightningModule):
         return self.validation_step(batch, batch_idx, dataloader_idx)
 
     def on_validation_epoch_start(self) -> None:
+        self._eval_trimmers: dict[int, PaddingTrimmer] = {}
         self._eval_window.reset()
         self._eval_has_labels = False
         if self.prediction_collector is not None:

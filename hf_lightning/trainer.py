@@ -48,9 +48,9 @@ from hf_lightning.checkpoint_io import (
 )
 from hf_lightning.data import build_dataloader
 from hf_lightning.errors import ConfigError
-from hf_lightning.evaluation import eval_batches, move_to_device
+from hf_lightning.evaluation import PaddingTrimmer, eval_batches, move_to_device
 from hf_lightning.losses._utils import batch_size_of
-from hf_lightning.losses.base import count_batch_items
+from hf_lightning.losses.base import count_batch_items, split_labels
 from hf_lightning.metrics import PredictionCollector
 from hf_lightning.models import save_model_weights
 from hf_lightning.optim import build_optimizer, build_scheduler, step_plateau
@@ -623,10 +623,16 @@ class Trainer:
         metrics: dict[str, Any] = {}
         main_input = getattr(self.model, "main_input_name", "input_ids")
         trainer = self._pl_trainer if self.is_in_train else None
+        trim = PaddingTrimmer(dataloader)
         batches = eval_batches(model, dataloader, trainer)
         upcoming = next(batches, None)
         while upcoming is not None:
             inputs, upcoming = upcoming, next(batches, None)
+            real = trim(inputs)
+            if real is None:  # only rows repeated for even batch counts: forward in step with the other ranks
+                model(**split_labels(model, inputs)[0])
+                continue
+            inputs = real
             loss, logits, labels = self.prediction_step(model, inputs, prediction_loss_only=loss_only,
                                                         ignore_keys=ignore_keys)
             rows = batch_size_of(inputs)

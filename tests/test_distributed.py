@@ -40,6 +40,10 @@ def test_ddp_matches_single_process_and_fsdp_tracks_ddp(tmp_path: Path) -> None:
     assert fsdp["losses"] == pytest.approx(ddp["losses"], abs=1e-5)
     fsdp_vs_ddp = max((w_fsdp[k] - w_ddp[k]).abs().max().item() for k in w_ddp)
     assert fsdp_vs_ddp <= 1e-5, fsdp_vs_ddp
+    # 9 validation rows over 2 ranks (3 batches vs 2): no hang under FSDP2, and the repeated row
+    # that evens the batch counts is not scored.
+    for run in (ddp, fsdp):
+        assert run["eval"] == pytest.approx(single["eval"], abs=1e-5)
 
 
 def _torchrun(mode: str, world: int, tmp_path: Path) -> dict:
@@ -59,5 +63,11 @@ def test_facade_ddp_under_torchrun_and_fsdp_from_training_arguments(tmp_path: Pa
     assert len(single["losses"]) == 4
     assert ddp["losses"] == pytest.approx(single["losses"], abs=1e-5)
     assert fsdp["losses"] == pytest.approx(single["losses"], abs=1e-5)
+    # evaluate() with compute_metrics over 9 rows on 2 ranks: every row once, in dataset order, same numbers.
+    for run in (ddp, fsdp):
+        assert run["eval_labels"] == single["labels"]
+        assert run["eval"]["eval_rows"] == 9
+        for key in ("eval_loss", "eval_accuracy"):
+            assert run["eval"][key] == pytest.approx(single["eval"][key], abs=1e-5), key
     w_single, w_fsdp = _weights(single["export"]), _weights(fsdp["export"])
     assert max((w_single[k] - w_fsdp[k]).abs().max().item() for k in w_single) <= 1e-5

@@ -65,12 +65,14 @@ def weights(out: str, world: int, strategy_name: str) -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(pl_module._step_loss)
 
+    # 9 validation rows, batch 2: over 2 ranks one runs 3 batches and the other 2.
+    val = build_dataloader(data.select(range(9)), 2, build_collator("sequence-classification", tok), train=False)
     trainer = _trainer(strategy, world, [Record()], max_steps=4, gradient_clip_val=1.0)
-    trainer.fit(module, train_dataloaders=loader)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val)
     export = Path(out).with_suffix(".hf")
     module.save_hf_pretrained(export)
     if trainer.is_global_zero:
-        torch.save({"losses": losses, "export": str(export)}, out)
+        torch.save({"losses": losses, "export": str(export), "eval": module.last_eval_metrics}, out)
 
 
 def facade(out: str, world: int, parallel: str) -> None:
@@ -88,13 +90,23 @@ def facade(out: str, world: int, parallel: str) -> None:
     args = TrainingArguments(
         output_dir=str(Path(out).parent / f"facade-{parallel}"), per_device_train_batch_size=4 // world, max_steps=4,
         learning_rate=1e-3, train_sampling_strategy="sequential", logging_steps=1, save_strategy="steps", save_steps=4,
-        report_to="none", use_cpu=True, disable_tqdm=True, devices=world, overwrite_output_dir=True, **extra,
+        report_to="none", use_cpu=True, disable_tqdm=True, devices=world, overwrite_output_dir=True,
+        per_device_eval_batch_size=2, **extra,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    seen: dict[str, list] = {}
+
+    def compute_metrics(p):  # 9 rows over `world` ranks, batch 2: the ranks run different numbers of batches
+        seen["labels"] = p.label_ids.tolist()
+        return {"rows": len(p.label_ids), "accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(9)),
+                      processing_class=tok, compute_metrics=compute_metrics)
     trainer.train()
+    metrics = trainer.evaluate()
     if trainer.is_world_process_zero():
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        torch.save({"losses": losses, "export": str(Path(args.output_dir) / "checkpoint-4")}, out)
+        torch.save({"losses": losses, "export": str(Path(args.output_dir) / "checkpoint-4"), "eval": metrics,
+                    "eval_labels": seen["labels"], "labels": list(data["labels"][:9])}, out)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Names follow HF so people coming from ``transformers.Trainer`` find what they ex
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,9 @@ class HFLightningModule(pl.LightningModule):
             pretrained embedding is resized to it.
         pad_token_id: the tokenizer's pad id (linked); set on the model config if it has none.
         neftune_noise_alpha: NEFTune noise scale; None switches it off.
+        compute_metrics: HF's ``compute_metrics(EvalPrediction) -> dict``, merged into the evaluation
+            metrics (``eval_<name>``); only then are logits kept (after ``preprocess_logits_for_metrics``).
+        preprocess_logits_for_metrics: HF's ``(logits, labels) -> smaller logits``.
         adversarial: FGM settings, e.g. ``{"method": "fgm", "epsilon": 1.0}``.
         gradient_checkpointing: use the HF model's own (non-reentrant) gradient checkpointing.
         torch_compile: compile the model's forward with ``torch.compile``.
@@ -112,9 +116,12 @@ class HFLightningModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         torch_compile: bool = False,
         stop_on_nonfinite_loss: int | None = None,
+        compute_metrics: Callable[[Any], dict[str, float]] | None = None,
+        preprocess_logits_for_metrics: Callable[[Any, Any], Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["loss", "host"] + (["model"] if isinstance(model, nn.Module) else []))
+        self.save_hyperparameters(ignore=["loss", "host", "compute_metrics", "preprocess_logits_for_metrics"]
+                                  + (["model"] if isinstance(model, nn.Module) else []))
         self.task = task
         self.spec = task_spec(task)
         self.num_labels = num_labels
@@ -135,8 +142,10 @@ class HFLightningModule(pl.LightningModule):
         labels = num_labels or getattr(getattr(self.model, "config", None), "num_labels", None)
         self.task_metrics = build_task_metrics(task, labels if self.spec.has_num_labels else None)
         # A user compute_metrics (HF style, numpy in) and its collector; None keeps evaluation streaming.
-        self.compute_metrics = None
-        self.prediction_collector: PredictionCollector | None = None
+        self.compute_metrics = compute_metrics
+        self.prediction_collector: PredictionCollector | None = (
+            PredictionCollector(preprocess_logits_for_metrics) if compute_metrics is not None else None
+        )
         # When True the HF-style facade logs (on its own cadence); the module only feeds the progress bar.
         self.hf_logging = False
         self.eval_prefix = "eval"

@@ -180,3 +180,22 @@ def test_load_from_checkpoint_needs_the_loss_it_was_trained_with(task_files, dem
     assert isinstance(reloaded.loss_fn, FocalLoss)
     for key, value in module.model.state_dict().items():
         assert torch.equal(value, reloaded.model.state_dict()[key]), key
+
+
+def test_compute_metrics_joins_the_streaming_metrics(task_files, demo_assets) -> None:
+    """HF's compute_metrics on the Lightning-native module: EvalPrediction in, eval_<name> out."""
+    data = HFDataModule(dataset="json", data_files=task_files["cls"], tokenizer=demo_assets["tokenizer"],
+                        batch_size=4, max_length=16)
+    seen = {}
+
+    def compute_metrics(p):
+        seen["shapes"] = (p.predictions.shape, p.label_ids.shape)
+        return {"agreement": float((p.predictions == p.label_ids).mean())}
+
+    module = HFLightningModule(model=TINY_MODELS["bert"], num_labels=data.num_labels, vocab_size=data.vocab_size,
+                               compute_metrics=compute_metrics,
+                               preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1))
+    metrics = _trainer().validate(module, datamodule=data)[0]
+    rows = len(data.dataset("validation"))
+    assert seen["shapes"] == ((rows,), (rows,))
+    assert metrics["eval_agreement"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)

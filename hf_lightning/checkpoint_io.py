@@ -42,6 +42,7 @@ __all__ = [
     "atomic_write_bytes",
     "checkpoint_step",
     "cleanup_incomplete",
+    "delete_checkpoints_except",
     "is_complete_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
@@ -363,6 +364,20 @@ def rotate_checkpoints(
     deleted = []
     for path in checkpoints:  # oldest first, so an interruption leaves the newest ones
         if path not in keep:
+            _remove_dir(path)
+            deleted.append(path)
+    return deleted
+
+
+def delete_checkpoints_except(output_dir: PathLike, keep: PathLike, prefix: str = "checkpoint") -> list[Path]:
+    """Delete every complete checkpoint in ``output_dir`` but ``keep`` (crash-safe, like rotation); return them.
+
+    HF's end of training with ``save_total_limit=1`` and a best checkpoint: only the best one stays.
+    """
+    kept = Path(keep).resolve()
+    deleted = []
+    for path in list_checkpoints(output_dir, prefix):
+        if path.resolve() != kept:
             _remove_dir(path)
             deleted.append(path)
     return deleted

@@ -42,6 +42,7 @@ from hf_lightning.callbacks.hf_bridge import HFCallbackBridge, update_best_metri
 from hf_lightning.callbacks.hf_checkpoint import LIGHTNING_CKPT, TRAINER_STATE, save_hf_checkpoint
 from hf_lightning.checkpoint_io import (
     cleanup_incomplete,
+    delete_checkpoints_except,
     latest_checkpoint,
     list_checkpoints,
     validate_resume_path,
@@ -142,6 +143,22 @@ class Trainer:
         model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.label_names = find_labels(type(model)) if self.args.label_names is None else list(self.args.label_names)
         self.can_return_loss = can_return_loss(type(model))
+        forward = getattr(model, "forward", None)
+        self.model_accepts_loss_kwargs = forward is not None and any(
+            p.kind is p.VAR_KEYWORD for p in __import__("inspect").signature(forward).parameters.values()
+        )
+
+    @property
+    def current_gradient_accumulation_steps(self) -> int:
+        """What a ``training_step`` override should divide its loss by before ``accelerator.backward``: 1.
+
+        transformers' own ``training_step`` divides by the window's micro-batch count when the model
+        ignores ``num_items_in_batch``; here every loss handed to ``backward`` is taken as its
+        micro-batch's mean and normalised over the whole window by the engine (token-exact), so an
+        override copied from transformers stays exact. Dividing by ``args.gradient_accumulation_steps``
+        yourself would divide twice.
+        """
+        return 1
 
     def call_model_init(self, trial: Any = None) -> nn.Module:
         if self.model_init is None:
@@ -513,6 +530,9 @@ class Trainer:
         self.log(metrics)
         if self.args.load_best_model_at_end and state.best_model_checkpoint is not None:
             self._load_best_model()
+        if self.args.save_total_limit == 1 and state.best_model_checkpoint is not None and self.is_world_process_zero():
+            # HF: with room for one checkpoint, the best one is what stays once training is over.
+            delete_checkpoints_except(self.args.output_dir, state.best_model_checkpoint)
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
         nonfinite = getattr(self._module, "nonfinite_stop_message", None)
         if nonfinite:

@@ -100,11 +100,18 @@ class HFCallbackBridge(pl.Callback):
         handler.lr_scheduler = configs[0].scheduler if configs else getattr(self.host, "lr_scheduler", None)
         handler.train_dataloader = trainer.train_dataloader
 
-    def _apply_control(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _apply_control(self, trainer: pl.Trainer, pl_module: pl.LightningModule, after_step: bool = True) -> None:
+        """Carry HF's stop flags over to Lightning.
+
+        HF looks at ``should_training_stop`` only once a batch has run, so a stop asked for at
+        train/epoch begin still lets one step run (``after_step=False`` there); ``should_epoch_stop``
+        acts at once.
+        """
         control = self.host.control
-        if control.should_training_stop:
+        stop_training = control.should_training_stop and after_step
+        if stop_training:
             trainer.should_stop = True
-        if control.should_epoch_stop or control.should_training_stop:
+        if control.should_epoch_stop or stop_training:
             pl_module._skip_rest_of_epoch = True
 
     # ---------------------------------------------------------------- train
@@ -128,12 +135,12 @@ class HFCallbackBridge(pl.Callback):
         self._event("on_train_begin")
         if self.drive and getattr(self.host.args, "eval_on_start", False) and trainer.global_step == 0:
             self.host.evaluate_during_training()
-        self._apply_control(trainer, pl_module)
+        self._apply_control(trainer, pl_module, after_step=False)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module._skip_rest_of_epoch = False
         self._event("on_epoch_begin")
-        self._apply_control(trainer, pl_module)
+        self._apply_control(trainer, pl_module, after_step=False)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if getattr(pl_module, "_skip_rest_of_epoch", False):
@@ -161,7 +168,7 @@ class HFCallbackBridge(pl.Callback):
                 self.maybe_log_save_evaluate(pl_module)
         else:
             self._event("on_substep_end")
-        self._apply_control(trainer, pl_module)
+        self._apply_control(trainer, pl_module)  # HF checks after every micro-batch too
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._event("on_epoch_end")

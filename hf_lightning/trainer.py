@@ -665,7 +665,8 @@ class Trainer:
                     logits = self.preprocess_logits_for_metrics(logits, labels)
                 extra = {"losses": loss.repeat(rows) if "loss" in include and loss is not None else None,
                          "inputs": inputs.get(main_input) if "inputs" in include else None}
-                metrics = self.compute_metrics(EvalPrediction(logits, labels, **extra), compute_result=upcoming is None)
+                last = upcoming is None or trim.left == 0  # what follows may be only repeated rows
+                metrics = self.compute_metrics(EvalPrediction(logits, labels, **extra), compute_result=last)
             elif collector is not None and logits is not None:
                 collector.update(logits, labels, inputs.get(main_input), loss)
             self.control = self.callback_handler.on_prediction_step(args, self.state, self.control)

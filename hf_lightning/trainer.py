@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
@@ -684,7 +683,7 @@ class Trainer:
             metrics["loss"] = loss_sum / loss_samples
         if getattr(self, "model_preparation_time", None) is not None:
             metrics["model_preparation_time"] = self.model_preparation_time
-        metrics = {k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": _to_float(v)
+        metrics = {k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": v
                    for k, v in metrics.items()}
         return EvalLoopOutput(
             predictions=prediction.predictions if prediction is not None else None,
@@ -824,14 +823,6 @@ def _all_reduce_int(value: float, device: torch.device) -> float:
     from hf_lightning.accumulation import all_reduce_sum
 
     return float(all_reduce_sum(torch.tensor(float(value), device=device)))
-
-
-def _to_float(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    return value
 
 
 def _resume_callbacks(host: Trainer) -> list[Any]:

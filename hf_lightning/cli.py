@@ -108,14 +108,14 @@ class HFLightningCLI(LightningCLI):
                 check_checkpoint_file(ckpt_path)
             except ConfigError as err:
                 _exit_one_line(str(err))
+        linked = [target.split(".", 1)[1] for target in LINKS.values()]
         model = config.get("model") if config is not None else None
-        user_set = {t.split(".", 1)[1] for t in LINKS.values() if model is not None and model.get(t.split(".", 1)[1]) is not None}
+        user_set = {key for key in linked if model is not None and model.get(key) is not None}
         super()._parse_ckpt_path()
         # The checkpoint's hyperparameters include the linked values (num_labels, id2label, ...); they are
         # filled again from the data module at instantiation, so they must not count as user-set targets.
         model = self.config[self.config.subcommand].get("model") if self.config.get("subcommand") else None
-        for target in LINKS.values():
-            key = target.split(".", 1)[1]
+        for key in linked:
             if model is not None and key not in user_set and model.get(key) is not None:
                 model[key] = None
 

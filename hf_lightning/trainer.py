@@ -159,6 +159,13 @@ class Trainer:
         """
         return 1
 
+    def _fresh_model(self, trial: Any = None) -> None:
+        """Seed, build the model with ``model_init`` and re-read what depends on it (HF does this per train())."""
+        set_seed(self.args.seed) if not self.args.full_determinism else _full_determinism(self.args.seed)
+        self.model = self.call_model_init(trial)
+        self.task = infer_task(self.model)
+        self._inspect_model()
+
     def call_model_init(self, trial: Any = None) -> nn.Module:
         if self.model_init is None:
             raise ConfigError("model_init", "is required here", "pass model_init=... to Trainer")
@@ -484,10 +491,7 @@ class Trainer:
         resume_dir = self._resolve_resume(resume_from_checkpoint)
         self._resumed_from = resume_dir
         if self.model_init is not None and trial is None:  # HF: a fresh model for every train() call
-            set_seed(args.seed) if not args.full_determinism else _full_determinism(args.seed)
-            self.model = self.call_model_init()
-            self.task = infer_task(self.model)
-            self._inspect_model()
+            self._fresh_model()
         if trial is not None:
             self._hp_search_setup(trial)
         train_loader = self.get_train_dataloader()
@@ -801,10 +805,7 @@ class Trainer:
             old = getattr(self.args, key)
             setattr(self.args, key, type(old)(value) if old is not None and not isinstance(old, bool) else value)
         if self.model_init is not None:
-            set_seed(self.args.seed)
-            self.model = self.call_model_init(trial)
-            self.task = infer_task(self.model)
-            self._inspect_model()
+            self._fresh_model(trial)
 
 
 def _logits_from(outputs: Any, ignore_keys: list[str], drop_loss: bool) -> Any:

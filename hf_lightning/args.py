@@ -134,9 +134,9 @@ class TrainingArguments(transformers.TrainingArguments):
         if deepspeed:
             # HF would build accelerate's DeepSpeed plugin here (and need deepspeed installed); the
             # Lightning strategy gets the resolved config instead. Validate the JSON now, in one line.
-            from hf_lightning.strategies import _load_json_config
+            from hf_lightning.strategies import load_json_config
 
-            _load_json_config(deepspeed, "deepspeed")
+            load_json_config(deepspeed, "deepspeed")
             self.deepspeed = None
         super().__post_init__()
         self.deepspeed = deepspeed

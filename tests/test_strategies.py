@@ -22,7 +22,6 @@ from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassificat
 
 from hf_lightning.errors import ConfigError
 from hf_lightning.strategies import (
-    _fill_deepspeed,
     build_strategy,
     export_full_state_dict,
     fsdp_options,
@@ -31,6 +30,7 @@ from hf_lightning.strategies import (
     resolve_deepspeed_config,
     save_full_pretrained,
 )
+from hf_lightning.strategies.deepspeed import _fill_deepspeed
 
 HIDDEN = 32
 NO_CUDA = not torch.cuda.is_available()
@@ -251,7 +251,7 @@ def test_deepspeed_dict_input_not_mutated(bert) -> None:
 def test_deepspeed_resolution_without_deepspeed_package_matches(bert) -> None:
     """The fallback used when deepspeed is not installed gives the same answer as transformers' class."""
     resolved = resolve_deepspeed_config(_ds_template(3, offload=True), _args(), bert, num_training_steps=40)
-    from hf_lightning.strategies import _args_view
+    from hf_lightning.strategies.deepspeed import _args_view
 
     detached = _fill_deepspeed(
         _ds_template(3, offload=True), _args_view(_args(), None, 40), bert, 40, detached=True

@@ -2,8 +2,8 @@
 
 ``HFLightningModule`` already does loss bookkeeping, token-exact accumulation and logging; this subclass
 routes the training step through the facade's overridable ``training_step``/``compute_loss`` (with
-HF's signatures), registers trainable tensors that a ``Trainer`` subclass owns (e.g. uncertainty
-weights kept on the trainer, as in the seeds), and builds the optimizer through the facade's
+HF's signatures), registers trainable tensors that a ``Trainer`` subclass owns (e.g. learnable
+loss weights kept on the trainer), and builds the optimizer through the facade's
 ``create_optimizer``/``create_scheduler``. It knows the facade only as a duck-typed ``host``.
 
 Two ways a backward reaches the strategy (both zero gradients at a window's start, both keep loss
@@ -14,14 +14,13 @@ scaling and DDP intact):
   over items and the window is normalised by its item count at the optimizer step (accumulation.py).
 * **literal** (``accelerator.backward`` inside a ``training_step`` override *without*
   ``num_items_in_batch``, i.e. code written for transformers 4, which scales by
-  ``gradient_accumulation_steps`` itself, as the seeds' FGM trainer does): the gradient is exactly
+  ``gradient_accumulation_steps`` itself, as an FGM adversarial-training override does): the gradient is exactly
   that of the losses passed, summed over the window and averaged over ranks, as with
   transformers >= 4.46 (whose accelerator no longer divides by the accumulation steps).
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from typing import Any
 
@@ -32,7 +31,7 @@ from hf_lightning.accumulation import all_reduce_gradients, scale_gradients
 from hf_lightning.module import HFLightningModule
 from hf_lightning.optim import lightning_optimizers
 
-__all__ = ["LightningAccelerator", "TrainerModule", "accepts_parameter"]
+__all__ = ["TrainerModule", "accepts_parameter"]
 
 
 def accepts_parameter(fn: Any, name: str) -> bool:
@@ -128,7 +127,7 @@ class TrainerModule(HFLightningModule):
         schedulers = self.trainer.lr_scheduler_configs
         try:
             # HF logs the scheduler's rate, not the optimizer's: a callback that sets the optimizer's
-            # lr itself (the seeds' WarmupCallback) changes training but not the logged value.
+            # lr itself (a custom warm-up callback) changes training but not the logged value.
             lr = schedulers[0].scheduler.get_last_lr()[0]
         except (AttributeError, IndexError):
             return  # no scheduler, or one without get_last_lr: keep the optimizer's rate
@@ -160,9 +159,9 @@ class TrainerModule(HFLightningModule):
 def _trainable_host_modules(host: Any, model: nn.Module) -> dict[str, nn.Module]:
     """Modules a Trainer subclass keeps on itself that should train with the model.
 
-    transformers.Trainer optimizes ``self.model`` only; training what a subclass adds (the seeds'
-    uncertainty weights) is this facade's extension. So it stays narrow: a module in eval mode is
-    taken as frozen (the seeds' distillation teacher: ``teacher.eval()``), as is one without
+    transformers.Trainer optimizes ``self.model`` only; training what a subclass adds (learnable
+    loss weights) is this facade's extension. So it stays narrow: a module in eval mode is
+    taken as frozen (e.g. a distillation teacher put in ``eval()`` mode), as is one without
     trainable parameters.
     """
     found = {}
@@ -172,112 +171,3 @@ def _trainable_host_modules(host: Any, model: nn.Module) -> dict[str, nn.Module]
         if any(p.requires_grad for p in value.parameters()):
             found[name] = value
     return found
-
-
-class LightningAccelerator:
-    """The slice of ``accelerate.Accelerator`` that HF ``Trainer`` subclasses call, on Lightning.
-
-    ``backward`` goes through the strategy (loss scaling, DDP hooks): literally inside a transformers-4
-    style ``training_step`` override, item-exact otherwise (see the module docstring).
-    """
-
-    def __init__(self, host: Any) -> None:
-        self._host = host
-
-    @property
-    def _module(self) -> TrainerModule:
-        return self._host._module
-
-    @property
-    def _trainer(self) -> Any:
-        module = self._host._module
-        return module._trainer if module is not None else None
-
-    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        """HF's ``accelerator.backward``: literal for transformers-4 style overrides, else item-exact."""
-        module = self._module
-        if module.literal_backward:
-            module.backward_literal(loss)
-        else:
-            module.backward_items_mean(loss)
-
-    def unwrap_model(self, model: nn.Module, keep_fp32_wrapper: bool = True) -> nn.Module:
-        while True:
-            inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-            if inner is None or not isinstance(inner, nn.Module):
-                return model
-            model = inner
-
-    def autocast(self, *args: Any, **kwargs: Any) -> Any:
-        trainer = self._trainer
-        return trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext()
-
-    def no_sync(self, model: nn.Module | None = None) -> Any:
-        return contextlib.nullcontext()  # Lightning already skips gradient sync inside a window
-
-    def accumulate(self, *models: nn.Module) -> Any:
-        return contextlib.nullcontext()
-
-    def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type)
-
-    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        trainer = self._trainer
-        if trainer is None or trainer.world_size == 1:
-            return tensor
-        gathered = trainer.strategy.all_gather(tensor)
-        return gathered.reshape(-1, *tensor.shape[1:]) if tensor.dim() > 0 else gathered
-
-    gather_for_metrics = gather
-
-    def reduce(self, tensor: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-        trainer = self._trainer
-        if trainer is None:
-            return tensor
-        return trainer.strategy.reduce(tensor, reduce_op="mean" if reduction == "mean" else "sum")
-
-    def wait_for_everyone(self) -> None:
-        if self._trainer is not None:
-            self._trainer.strategy.barrier()
-
-    def print(self, *args: Any, **kwargs: Any) -> None:
-        if self.is_main_process:
-            print(*args, **kwargs)
-
-    @property
-    def sync_gradients(self) -> bool:
-        if self._trainer is None:
-            return True
-        return self._module.at_window_end()
-
-    @property
-    def gradient_accumulation_steps(self) -> int:
-        return self._host.args.gradient_accumulation_steps
-
-    @property
-    def num_processes(self) -> int:
-        trainer = self._trainer
-        return trainer.world_size if trainer is not None else 1
-
-    @property
-    def process_index(self) -> int:
-        trainer = self._trainer
-        return trainer.global_rank if trainer is not None else 0
-
-    @property
-    def local_process_index(self) -> int:
-        trainer = self._trainer
-        return trainer.local_rank if trainer is not None else 0
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.process_index == 0
-
-    @property
-    def is_local_main_process(self) -> bool:
-        return self.local_process_index == 0
-
-    @property
-    def device(self) -> torch.device:
-        module = self._module
-        return module.device if module is not None else self._host.args.device

@@ -1,0 +1,139 @@
+"""Checkpoints and resume for the facade: which checkpoint to resume, ``checkpoint-N`` folders, the best model.
+
+The writing itself (atomic folders, rotation) lives in ``callbacks/hf_checkpoint.py`` and
+``checkpoint_io.py``; this part decides what to write and when, with HF's rules.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_lightning.callbacks.hf_checkpoint import LIGHTNING_CKPT, TRAINER_STATE, save_hf_checkpoint
+from hf_lightning.checkpoint_io import (
+    cleanup_incomplete,
+    delete_checkpoints_except,
+    latest_checkpoint,
+    list_checkpoints,
+    validate_resume_path,
+)
+from hf_lightning.errors import ConfigError
+from hf_lightning.log import get_logger
+from hf_lightning.models import save_model_weights
+
+__all__ = [
+    "LIGHTNING_CKPT", "TRAINER_STATE", "keep_only_best", "load_best_model", "resolve_resume", "resume_callbacks",
+    "save_during_training", "save_model", "stateful_callbacks",
+]
+
+logger = get_logger(__name__)
+
+
+def resolve_resume(args: Any, resume_from_checkpoint: str | bool | None) -> str | None:
+    """The checkpoint folder to resume from (``True``: the latest valid one in ``output_dir``), or None.
+
+    Starting afresh in an ``output_dir`` that holds another run's checkpoints is refused unless
+    ``overwrite_output_dir`` is set, so a forgotten ``resume_from_checkpoint`` does not mix two runs.
+    """
+    output_dir = Path(args.output_dir)
+    if resume_from_checkpoint is None or resume_from_checkpoint is False:
+        if output_dir.is_dir() and list_checkpoints(output_dir) and not args.overwrite_output_dir:
+            raise ConfigError(
+                "output_dir",
+                f"{str(output_dir)!r} already holds checkpoints of another run",
+                "pass resume_from_checkpoint=True to continue it, overwrite_output_dir=True, or a new output_dir",
+            )
+        return None
+    if resume_from_checkpoint is True:
+        if output_dir.is_dir():
+            cleanup_incomplete(output_dir)
+        latest = latest_checkpoint(output_dir) if output_dir.is_dir() else None
+        if latest is None:
+            raise ConfigError("resume_from_checkpoint", f"no valid checkpoint found in {str(output_dir)!r}",
+                              "train without resuming first, or pass the checkpoint's path")
+        return str(latest)
+    return str(validate_resume_path(resume_from_checkpoint))
+
+
+def stateful_callbacks(trainer: Any) -> list[Any]:
+    """The callbacks (and ``TrainerControl``) whose state a checkpoint carries, as HF's ``ExportableState``."""
+    from transformers.trainer_callback import ExportableState
+
+    return [cb for cb in trainer.callback_handler.callbacks + [trainer.control] if isinstance(cb, ExportableState)]
+
+
+def save_during_training(trainer: Any, save_model_overridden: bool) -> None:
+    """Write ``checkpoint-<global_step>`` (model, optimizer, exact resume state), rotating old ones."""
+    trainer.store_flos()  # the checkpoint's trainer_state.json carries total_flos up to this step, as in HF
+    state, args = trainer.state, trainer.args
+    if state.best_global_step:
+        # HF points at the best step's folder when that step was saved (this one, or an earlier one)
+        best = Path(args.output_dir) / f"checkpoint-{state.best_global_step}"
+        if state.best_global_step == state.global_step or best.is_dir():
+            state.best_model_checkpoint = str(best)
+    current: dict[str, list[dict]] = {}  # the checkpoint carries each callback's current state
+    for callback in stateful_callbacks(trainer):
+        current.setdefault(type(callback).__name__, []).append(callback.state())
+    state.stateful_callbacks.update({name: s[0] if len(s) == 1 else s for name, s in current.items()})
+    final = save_hf_checkpoint(
+        trainer._pl_trainer, trainer._module, args.output_dir, state, args=args,
+        processing_class=trainer.processing_class, save_total_limit=args.save_total_limit,
+        protect=[state.best_model_checkpoint, trainer._resumed_from], save_only_model=args.save_only_model,
+    )
+    logger.debug("saved %s", final)
+    if save_model_overridden and final.is_dir():
+        # HF writes every checkpoint's model through save_model(dir, _internal_call=True); an
+        # override (extra files, another format) gets the same call on the finished folder.
+        trainer.save_model(str(final), _internal_call=True)
+
+
+def save_model(trainer: Any, output_dir: str | None) -> None:
+    """Write the model (and processing class) with ``save_pretrained``, plus ``training_args.bin``."""
+    output_dir = output_dir or trainer.args.output_dir
+    if trainer._module is not None and trainer._pl_trainer is not None and trainer.is_in_train:
+        written = trainer._module.save_hf_pretrained(output_dir, processing_class=trainer.processing_class)
+    else:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        save_model_weights(trainer.model, output_dir)
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(output_dir)
+        written = output_dir
+    if written is not None:  # the rank that wrote the model (a collective under FSDP2)
+        torch.save(trainer.args, os.path.join(output_dir, "training_args.bin"))
+
+
+def load_best_model(trainer: Any) -> None:
+    """``load_best_model_at_end``: the best checkpoint's weights back into ``trainer.model``."""
+    from transformers.modeling_utils import load_state_dict as hf_load
+
+    best = Path(trainer.state.best_model_checkpoint)
+    weights = best / "model.safetensors"
+    if not weights.is_file():
+        return
+    logger.info("Loading best model from %s (score: %s)", best, trainer.state.best_metric)
+    trainer.model.load_state_dict(hf_load(str(weights)), strict=False)
+
+
+def keep_only_best(trainer: Any) -> None:
+    """HF: with ``save_total_limit=1``, the best checkpoint is what stays once training is over."""
+    state = trainer.state
+    if trainer.args.save_total_limit == 1 and state.best_model_checkpoint is not None and trainer.is_world_process_zero():
+        delete_checkpoints_except(trainer.args.output_dir, state.best_model_checkpoint)
+
+
+def resume_callbacks(trainer: Any) -> list[Any]:
+    """Exact resume, and a ``checkpoint-N`` on SIGTERM / Ctrl-C that ``resume_from_checkpoint=True`` finds."""
+    from hf_lightning.callbacks.preemption import PreemptionCheckpoint
+    from hf_lightning.callbacks.resume import ExactResumeCallback
+
+    class HFPreemption(PreemptionCheckpoint):
+        """On SIGTERM / Ctrl-C write a ``checkpoint-N`` folder, which ``resume_from_checkpoint=True`` finds."""
+
+        def save(self, pl_trainer: Any, pl_module: Any) -> Path:
+            trainer.save_during_training()
+            return Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+
+    return [ExactResumeCallback(), HFPreemption()]

@@ -1,0 +1,139 @@
+"""The fit driver behind ``Trainer.train()``: one ``lightning.Trainer.fit`` run, HF's ``TrainOutput`` back.
+
+``train`` checks the evaluation set-up, resolves the resume point, builds the loader, the
+``TrainerModule`` and the Lightning trainer from ``plan.py``, and runs ``fit``; HF's events and its
+log / evaluate / save cadence come from the bridge (``callbacks/hf_bridge.py``) during ``fit``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerState
+from transformers.trainer_utils import TrainOutput, speed_metrics
+
+from hf_lightning.callbacks.hf_bridge import HFCallbackBridge
+from hf_lightning.errors import ConfigError
+from hf_lightning.facade import checkpoints
+from hf_lightning.facade.module import TrainerModule
+from hf_lightning.log import get_logger
+
+__all__ = ["build_module", "check_eval_setup", "train"]
+
+logger = get_logger(__name__)
+
+
+def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -> TrainOutput:
+    """Train on Lightning; returns HF's ``TrainOutput``."""
+    import lightning.pytorch as pl
+
+    from hf_lightning.plan import lightning_trainer_kwargs, total_optimizer_steps
+
+    args = trainer.args
+    if resume_from_checkpoint is None and args.resume_from_checkpoint:
+        resume_from_checkpoint = args.resume_from_checkpoint
+    check_eval_setup(trainer)
+    resume_dir = checkpoints.resolve_resume(args, resume_from_checkpoint)
+    trainer._resumed_from = resume_dir
+    if trainer.model_init is not None and trial is None:  # HF: a fresh model for every train() call
+        trainer._fresh_model()
+    if trial is not None:
+        trainer._hp_search_setup(trial)
+    train_loader = trainer.get_train_dataloader()
+    max_steps = total_optimizer_steps(args, len(train_loader))
+    trainer.state = TrainerState(stateful_callbacks=checkpoints.stateful_callbacks(trainer),
+                                 train_batch_size=args.per_device_train_batch_size)
+    trainer.current_flos = 0.0
+    if resume_dir is not None and (Path(resume_dir) / checkpoints.TRAINER_STATE).is_file():
+        trainer.state = TrainerState.load_from_json(str(Path(resume_dir) / checkpoints.TRAINER_STATE))
+    trainer.state.is_hyper_param_search = trial is not None
+    trainer._module = build_module(trainer)
+    if not trainer._user_optimizers:  # built per train() call, over the module's parameters
+        trainer.optimizer, trainer.lr_scheduler = None, None
+    trainer._bridge = HFCallbackBridge(trainer, drive=True)
+    plan = lightning_trainer_kwargs(args, trainer.model, max_steps)
+    plan["callbacks"] = [trainer._bridge, *checkpoints.resume_callbacks(trainer), *trainer.lightning_callbacks,
+                         *plan.get("callbacks", [])]
+    trainer._pl_trainer = pl.Trainer(**plan)
+    trainer.callback_handler.model = trainer.model
+    _log_start(trainer, train_loader, max_steps, resume_dir)
+    trainer.is_in_train = True
+    start = time.time()
+    ckpt_path = str(Path(resume_dir) / checkpoints.LIGHTNING_CKPT) if resume_dir else None
+    try:
+        trainer._pl_trainer.fit(trainer._module, train_dataloaders=train_loader, ckpt_path=ckpt_path)
+    finally:
+        trainer.is_in_train = False
+    trainer.state = trainer._bridge.host.state
+    return _finish(trainer, start, len(train_loader.dataset), max_steps)
+
+
+def check_eval_setup(trainer: Any) -> None:
+    """Fail before training when evaluation is asked for but cannot produce what is needed."""
+    args = trainer.args
+    metric = args.metric_for_best_model
+    if metric and trainer.compute_metrics is None and metric not in ("loss", "eval_loss"):
+        raise ConfigError(
+            "metric_for_best_model", f"{metric!r} is never produced: without compute_metrics evaluation reports only eval_loss",
+            "pass compute_metrics returning it, or use metric_for_best_model='eval_loss'",
+        )
+    strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+    if (str(strategy) != "no" or args.eval_on_start) and trainer.eval_dataset is None:
+        raise ConfigError("eval_strategy", f"is {strategy!r} but no eval_dataset was given",
+                          "pass eval_dataset=... or set eval_strategy='no'")
+
+
+def build_module(trainer: Any) -> TrainerModule:
+    """The ``TrainerModule`` for this run: the trainer's model and hooks, with HF's per-step logging."""
+    args = trainer.args
+    module = TrainerModule(
+        trainer, trainer.model, trainer.task,
+        neftune_noise_alpha=args.neftune_noise_alpha,
+        gradient_checkpointing=False,
+        torch_compile=args.torch_compile,
+        stop_on_nonfinite_loss=args.stop_on_nonfinite_loss,
+    )
+    if args.gradient_checkpointing:
+        kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": False}
+        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    module.hf_logging = True
+    return module
+
+
+def _log_start(trainer: Any, loader: Any, max_steps: int, resume_dir: str | None) -> None:
+    """HF's "Running training" summary, at info level."""
+    args = trainer.args
+    logger.info("***** Running training *****")
+    logger.info("  Num examples = %s", f"{trainer.num_examples(loader):,}")
+    logger.info("  Instantaneous batch size per device = %s", args.per_device_train_batch_size)
+    logger.info("  Gradient accumulation steps = %s", args.gradient_accumulation_steps)
+    logger.info("  Total optimization steps = %s", f"{max_steps:,}")
+    if resume_dir is not None:
+        logger.info("  Resuming from %s", resume_dir)
+    logger.debug("  Lightning trainer: %s, strategy %s, precision %s", type(trainer._pl_trainer).__name__,
+                 type(trainer._pl_trainer.strategy).__name__, trainer._pl_trainer.precision)
+
+
+def _finish(trainer: Any, start: float, num_samples: int, max_steps: int) -> TrainOutput:
+    """HF's end of training: train metrics logged, best model reloaded, ``on_train_end``."""
+    state, bridge, args = trainer.state, trainer._bridge, trainer.args
+    trainer.store_flos()
+    steps_run = state.global_step - bridge.initial_step
+    metrics = speed_metrics(
+        "train", start, num_samples=num_samples * args.num_train_epochs if args.max_steps <= 0 else
+        max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps,
+        num_steps=steps_run,
+    )
+    metrics["total_flos"] = float(state.total_flos)
+    metrics["train_loss"] = bridge.training_loss()
+    trainer.log(metrics)
+    logger.info("Training completed: %d optimizer steps, train_loss %s", state.global_step, metrics["train_loss"])
+    if args.load_best_model_at_end and state.best_model_checkpoint is not None:
+        trainer._load_best_model()
+    checkpoints.keep_only_best(trainer)
+    trainer.control = trainer.callback_handler.on_train_end(args, trainer.state, trainer.control)
+    if getattr(trainer._module, "nonfinite_stop_message", None):
+        metrics["stopped_nonfinite"] = 1.0
+    return TrainOutput(state.global_step, metrics["train_loss"], metrics)

@@ -1,0 +1,85 @@
+"""The facade's ``DataLoader``s: HF's column pruning and length grouping on the resumable loaders of ``data``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hf_lightning.data import build_dataloader
+from hf_lightning.errors import ConfigError
+
+__all__ = ["eval_dataloader", "remove_unused_columns", "train_dataloader"]
+
+
+def train_dataloader(trainer: Any) -> DataLoader:
+    """HF's ``get_train_dataloader``: shuffled (seeded, resumable), sequential or grouped by length."""
+    args = trainer.args
+    if trainer.train_dataset is None:
+        raise ConfigError("train_dataset", "Trainer.train() needs a train_dataset", "pass train_dataset=...")
+    _check_not_empty(trainer.train_dataset, "train_dataset")
+    dataset = trainer._remove_unused_columns(trainer.train_dataset)
+    strategy = args.train_sampling_strategy
+    return build_dataloader(
+        dataset,
+        args.per_device_train_batch_size,
+        trainer.data_collator,
+        train=True,
+        seed=args.data_seed if args.data_seed is not None else args.seed,
+        shuffle=strategy != "sequential",
+        num_workers=args.dataloader_num_workers,
+        drop_last=args.dataloader_drop_last,
+        group_by_length=strategy == "group_by_length",
+        lengths=_lengths(dataset, args.length_column_name) if strategy == "group_by_length" else None,
+        pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
+        persistent_workers=args.dataloader_persistent_workers,
+        prefetch_factor=args.dataloader_prefetch_factor,
+    )
+
+
+def eval_dataloader(trainer: Any, eval_dataset: Dataset | None = None) -> DataLoader:
+    """HF's ``get_eval_dataloader``: in order, the trainer's ``eval_dataset`` unless one is passed."""
+    args = trainer.args
+    dataset = eval_dataset if eval_dataset is not None else trainer.eval_dataset
+    if dataset is None:
+        raise ConfigError("eval_dataset", "evaluation needs an eval_dataset", "pass eval_dataset=... to Trainer")
+    _check_not_empty(dataset, "eval_dataset")
+    dataset = trainer._remove_unused_columns(dataset)
+    return build_dataloader(
+        dataset, args.per_device_eval_batch_size, trainer.data_collator, train=False,
+        num_workers=args.dataloader_num_workers, drop_last=args.dataloader_drop_last,
+    )
+
+
+def remove_unused_columns(trainer: Any, dataset: Any) -> Any:
+    """HF's ``remove_unused_columns``: drop the columns the model's ``forward`` does not take."""
+    if not trainer.args.remove_unused_columns or not hasattr(dataset, "column_names"):
+        return dataset
+    forward = getattr(trainer.model, "forward", trainer.model.__call__)
+    keep = {*inspect.signature(forward).parameters, "label", "label_ids", "labels", *trainer.label_names}
+    unused = [c for c in dataset.column_names if c not in keep]
+    if unused and len(unused) == len(dataset.column_names):
+        raise ConfigError(
+            "train_dataset",
+            f"none of its columns {dataset.column_names} are model inputs",
+            "tokenize the dataset first (e.g. dataset.map(tokenizer_fn, batched=True))",
+        )
+    return dataset.remove_columns(unused) if unused else dataset
+
+
+def _check_not_empty(dataset: Any, field: str) -> None:
+    try:
+        n = len(dataset)
+    except TypeError:
+        return  # iterable datasets have no length
+    if n == 0:
+        raise ConfigError(field, "is empty", "pass a dataset with at least one example")
+
+
+def _lengths(dataset: Any, column: str) -> list[int]:
+    """Example lengths for ``group_by_length``: the ``length_column_name`` column, else the input ids' lengths."""
+    if hasattr(dataset, "column_names") and column in dataset.column_names:
+        return list(dataset[column])
+    return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]

@@ -42,7 +42,7 @@ def eval_batches(module: nn.Module, dataloader: Iterable[Any], trainer: Any = No
 
 
 class PaddingTrimmer:
-    """Cuts the rows a rank's evaluation shard repeated for even batch counts (``data._EvalShardSampler``).
+    """Cuts the rows a rank's evaluation shard repeated for even batch counts (``data.loaders._EvalShardSampler``).
 
     Call it on each batch in order: it returns the batch without repeated rows, or None for a batch
     that held nothing else. Such a batch must still go through the model once (a sharded model's

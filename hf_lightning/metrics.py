@@ -81,7 +81,7 @@ def _take(arrays: Any, order: np.ndarray) -> Any:
 def _merge_ranks(per_rank: list[Any], concat: bool) -> Any:
     """One rank's arrays after another; in dataset order again where the ranks held strided shards.
 
-    Evaluation shards are strided (rank r holds rows r, r+W, ...; see ``data._EvalShardSampler``), so
+    Evaluation shards are strided (rank r holds rows r, r+W, ...; see ``data.loaders._EvalShardSampler``), so
     the concatenation is permuted back; shards of any other shape are left concatenated.
     """
     from transformers.trainer_pt_utils import nested_concat

@@ -7,7 +7,7 @@ stays true for third-party callbacks. What we change:
 * device setup: HF's ``_setup_devices`` builds an accelerate ``PartialState`` and may initialise
   ``torch.distributed`` itself; under Lightning the strategy does that, and HF's version crashes in
   Lightning-spawned DDP children. Devices here are read, never set up.
-* older names the seeds still use (``evaluation_strategy``, ``warmup_ratio``,
+* older names that scripts written for transformers 4 still use (``evaluation_strategy``, ``warmup_ratio``,
   ``overwrite_output_dir``) are accepted with a one-time deprecation warning.
 * Lightning-only fields (``accelerator``, ``devices``, ``num_nodes``, ``strategy``,
   ``lightning_trainer_kwargs``, ``stop_on_nonfinite_loss``).
@@ -140,7 +140,7 @@ class TrainingArguments(transformers.TrainingArguments):
             self.deepspeed = None
         super().__post_init__()
         self.deepspeed = deepspeed
-        # Seeds read self.args.evaluation_strategy: keep the old name in step with the new one.
+        # Older scripts read self.args.evaluation_strategy: keep the old name in step with the new one.
         self.evaluation_strategy = self.eval_strategy
 
     def _check_names_and_lengths(self) -> None:

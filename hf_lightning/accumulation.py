@@ -12,16 +12,35 @@ plugins) and fix the arithmetic once per optimizer step instead:
 
 Measured against a true batch of 8 on these library versions: <= 1.3e-7 in one process, with a short
 last window, with clipping, with ``limit_train_batches`` and with 2 DDP ranks.
+
+:class:`AccumulationMixin` carries this into a LightningModule: the window's item count, backward
+passes run inside ``training_step`` (FGM, HF-style steps), the rescale before the optimizer step,
+clipping that logs HF's ``grad_norm``, and DeepSpeed's own-accumulation path. It records what each
+optimizer step produced in :attr:`AccumulationMixin.last_step` for logging and the HF event bridge.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
+import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 
-__all__ = ["WindowCounter", "all_reduce_gradients", "all_reduce_sum", "scale_gradients"]
+from hf_lightning.lightning_compat import at_window_end, attached_trainer
+
+__all__ = [
+    "AccumulationMixin",
+    "StepRecord",
+    "WindowCounter",
+    "all_reduce_gradients",
+    "all_reduce_sum",
+    "scale_gradients",
+]
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
@@ -78,3 +97,227 @@ class WindowCounter:
         items, loss_sum = float(totals[0]), float(totals[1])
         self.reset()
         return items, (loss_sum / items if items > 0 else float("nan"))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """This rank's half-finished window, as CPU tensors (a checkpoint taken mid-window needs it)."""
+        return {"items": self.items.detach().cpu().clone(), "loss_sum": self.loss_sum.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.items = state["items"].detach().to("cpu", self.items.dtype).clone()
+        self.loss_sum = state["loss_sum"].detach().to("cpu", self.loss_sum.dtype).clone()
+
+
+@dataclass
+class StepRecord:
+    """What the last optimizer step produced: the window's per-item mean loss, the rate, the pre-clip norm.
+
+    ``pending`` is True from the step until the module has logged it at that batch's end.
+    """
+
+    loss: float = float("nan")
+    learning_rate: float = float("nan")
+    grad_norm: float | None = None
+    pending: bool = False
+
+
+class AccumulationMixin(pl.LightningModule):
+    """The backward and accumulation-window machinery of :class:`~hf_lightning.module.HFLightningModule`.
+
+    ``training_step`` adds each micro-batch to :attr:`train_window` and returns the item-weighted sum
+    (:meth:`item_mean_return`); :meth:`on_before_optimizer_step` rescales the window's gradients to a
+    per-item mean over all ranks. Code inside ``training_step`` may run its own backward through
+    :meth:`backward_now` (Lightning's own backward is then skipped for that batch).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_window = WindowCounter()
+        self.last_step = StepRecord()
+        # True when training_step runs its own backward (FGM, the HF-style facade): under DDP the
+        # gradients are then all-reduced here (grads_synced_here), not by DDP's reducer.
+        self.manual_grad_sync = False
+        self.grads_synced_here = False
+        self._current_items: torch.Tensor | None = None
+        self._backward_done = False
+        self._zero_pending = False
+        self._in_own_backward = False
+
+    # ------------------------------------------------------------------ the micro-batch
+    def start_micro_batch(self, batch_idx: int) -> None:
+        """Call first in ``training_step``: a new micro-batch, gradients due to be zeroed at a window start."""
+        self._backward_done = False
+        self._zero_pending = batch_idx % self.trainer.accumulate_grad_batches == 0
+
+    @property
+    def current_items(self) -> torch.Tensor | None:
+        """Scored items of the micro-batch in ``training_step`` (HF's ``num_items_in_batch`` for it)."""
+        return self._current_items
+
+    @current_items.setter
+    def current_items(self, items: torch.Tensor | None) -> None:
+        self._current_items = items
+
+    @property
+    def backward_done(self) -> bool:
+        """True once this micro-batch ran its own backward (Lightning's is then skipped)."""
+        return self._backward_done
+
+    def record_step(self, loss: float, learning_rate: float) -> None:
+        """Note an optimizer step's window loss and rate; the module logs them at the batch's end."""
+        self.last_step.loss = loss
+        self.last_step.learning_rate = learning_rate
+        self.last_step.pending = True
+
+    # ------------------------------------------------------------------ backward inside training_step
+    @contextmanager
+    def own_backward(self) -> Iterator[None]:
+        """Let code inside ``training_step`` call backward itself (FGM, HF-style ``training_step``).
+
+        Lightning would call backward again on the returned loss; ``backward`` below then skips.
+        Going through ``strategy.backward`` keeps loss scaling (fp16) and DDP hooks intact.
+        """
+        self._in_own_backward = True
+        try:
+            yield
+        finally:
+            self._in_own_backward = False
+            self._backward_done = True
+
+    def backward_now(self, loss: torch.Tensor) -> None:
+        """Backward a summed loss now, through the strategy and precision plugin.
+
+        Lightning zeroes gradients *after* ``training_step`` (just before its own backward) on the first
+        micro-batch of a window; a backward run inside ``training_step`` would be wiped. So we zero
+        first here, and ``optimizer_zero_grad`` skips Lightning's zeroing for that batch.
+        """
+        if self._zero_pending:
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad()
+            self._zero_pending = False
+        with self.own_backward():
+            # Lightning's closure divides by accumulate_grad_batches; do the same so that the window
+            # rescale in on_before_optimizer_step is identical on both paths.
+            self.trainer.strategy.backward(loss / self.trainer.accumulate_grad_batches, None)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if self._backward_done:
+            return  # gradients were zeroed before this batch's own backward and now hold it
+        optimizer.zero_grad()
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._backward_done and not self._in_own_backward:
+            return  # training_step already ran its own backward
+        super().backward(loss, *args, **kwargs)
+
+    def use_own_gradient_sync(self) -> None:
+        """At train start: bypass DDP's reducer when ``training_step`` runs its own backward."""
+        if self.manual_grad_sync and self.trainer.world_size > 1 and not self.backward_deferred:
+            ddp = getattr(self.trainer.strategy, "model", None)
+            if hasattr(ddp, "require_backward_grad_sync"):
+                # A backward run inside training_step happens inside DDP's forward, before its reducer
+                # expects gradients; DDP would skip or break the sync. We all-reduce ourselves instead.
+                ddp.require_backward_grad_sync = False
+                self.grads_synced_here = True
+
+    # DeepSpeed owns the backward, the accumulation and the gradients (partitioned under ZeRO, so there
+    # is no ``param.grad`` to rescale after the fact). Under it a window's gradient is the mean of its
+    # micro-batch means, as with DeepSpeed in transformers.Trainer when the loss takes no item count;
+    # the logged loss stays the exact per-item mean of the window.
+    @property
+    def strategy_accumulates(self) -> bool:
+        """True under DeepSpeed: it scales, accumulates and clips gradients itself."""
+        trainer = attached_trainer(self)
+        return trainer is not None and bool(getattr(trainer.strategy, "handles_gradient_accumulation", False))
+
+    @property
+    def backward_deferred(self) -> bool:
+        """True where a backward inside ``training_step`` cannot run in place.
+
+        DeepSpeed backpropagates only what ``training_step`` returns, and Lightning's FSDPStrategy runs
+        ``training_step`` inside the wrapped root module's forward, where FSDP refuses a backward. There,
+        backward calls made by an HF-style ``training_step`` are collected and returned instead.
+        """
+        trainer = attached_trainer(self)
+        return trainer is not None and (self.strategy_accumulates or type(trainer.strategy).__name__ == "FSDPStrategy")
+
+    def at_window_end(self) -> bool:
+        """True when this micro-batch closes an accumulation window (an optimizer step follows)."""
+        return at_window_end(self.trainer)
+
+    def deepspeed_return(self, contribution: torch.Tensor) -> torch.Tensor:
+        """What ``training_step`` returns so that DeepSpeed backpropagates exactly ``contribution``.
+
+        Lightning divides the returned loss by the accumulation steps and DeepSpeed's engine divides
+        it again; undo both.
+        """
+        steps = self.trainer.accumulate_grad_batches
+        return contribution * steps * steps
+
+    def item_mean_return(self, mean: torch.Tensor, items: torch.Tensor | int) -> torch.Tensor:
+        """What ``training_step`` returns (or defers) for a micro-batch's per-item mean loss.
+
+        The item-weighted sum, which the window rescale turns into a per-item mean; under DeepSpeed,
+        which cannot be rescaled, the micro-batch's share of a mean of micro-batch means.
+        """
+        if self.strategy_accumulates:
+            return self.deepspeed_return(mean / self.trainer.accumulate_grad_batches)
+        return mean * items
+
+    # ------------------------------------------------------------------ the optimizer step
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Turn the window's summed gradients into a per-item mean over all ranks (see the module docstring)."""
+        if self.strategy_accumulates:
+            # Called after every micro-batch under DeepSpeed; only a window's end is a step.
+            if self.at_window_end():
+                self.record_step(self.train_window.close(self.device)[1], optimizer.param_groups[0]["lr"])
+            return
+        items, mean_loss = self.train_window.close(self.device)
+        world = self.trainer.world_size
+        if self.grads_synced_here:
+            all_reduce_gradients(self.parameters())  # summed over ranks: no averaging to undo
+            world = 1
+        if items > 0:
+            scale_gradients(self.parameters(), self.trainer.accumulate_grad_batches * world / items)
+        self.record_step(mean_loss, optimizer.param_groups[0]["lr"])
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by norm ourselves so the pre-clip norm can be logged as ``grad_norm`` (as HF does)."""
+        if self.strategy_accumulates:
+            return  # DeepSpeed clips inside its step (config "gradient_clipping"); the norm is read after it
+        if gradient_clip_algorithm == "value":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            self.last_step.grad_norm = None
+        else:
+            params = [p for p in self.parameters() if p.grad is not None]
+            max_norm = gradient_clip_val if gradient_clip_val else math.inf
+            root = getattr(self.trainer.strategy, "model", None)
+            if type(self.trainer.strategy).__name__ == "FSDPStrategy" and hasattr(root, "clip_grad_norm_"):
+                norm = root.clip_grad_norm_(max_norm)  # FSDP1: the norm over all ranks' shards
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+            if hasattr(norm, "full_tensor"):
+                norm = norm.full_tensor()
+            self.last_step.grad_norm = float(norm)
+        self._notify_callbacks("on_gradients_ready", optimizer)
+
+    def _notify_callbacks(self, hook_name: str, *args: Any) -> None:
+        """Call a hook that Lightning does not have (e.g. ``on_gradients_ready``) on callbacks that define it."""
+        for callback in self.trainer.callbacks:
+            hook = getattr(callback, hook_name, None)
+            if hook is not None:
+                hook(self.trainer, self, *args)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.strategy_accumulates:
+            if not self.at_window_end():
+                return  # DeepSpeed's step() only counted a micro-batch
+            norm = getattr(self.trainer.model, "get_global_grad_norm", lambda: None)()
+            self.last_step.grad_norm = None if norm is None else float(norm)
+            self._notify_callbacks("on_gradients_ready", optimizer)
+        self._notify_callbacks("on_optimizer_stepped", optimizer)

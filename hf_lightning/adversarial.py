@@ -27,13 +27,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from hf_lightning.errors import ConfigError
 
-__all__ = ["FGM", "fgm_attack", "fgm_delta"]
+__all__ = ["FGM", "check_fgm_settings", "fgm_attack", "fgm_delta"]
 
 
 def _check_epsilon(epsilon: float) -> float:
@@ -49,6 +50,19 @@ def _check_epsilon(epsilon: float) -> float:
             "use a value such as 1.0 (0 disables the attack)",
         )
     return float(epsilon)
+
+
+def check_fgm_settings(adversarial: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The module's ``adversarial`` setting checked: ``{"epsilon", "emb_name"}`` for FGM, None when off."""
+    if not adversarial:
+        return None
+    method = adversarial.get("method", "fgm")
+    if method != "fgm":
+        raise ConfigError("adversarial.method", f"unknown method {method!r}", "use 'fgm'")
+    unknown = set(adversarial) - {"method", "epsilon", "emb_name"}
+    if unknown:
+        raise ConfigError("adversarial", f"unknown keys {sorted(unknown)}", "use method, epsilon, emb_name")
+    return {"epsilon": float(adversarial.get("epsilon", 1.0)), "emb_name": adversarial.get("emb_name")}
 
 
 def fgm_delta(grad: torch.Tensor, epsilon: float) -> torch.Tensor:

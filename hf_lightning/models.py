@@ -17,7 +17,16 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from hf_lightning.errors import ConfigError
 from hf_lightning.tasks import task_spec
 
-__all__ = ["ModelSpec", "build_model", "check_config_keys", "hub_offline", "resolve_local_or_hub", "save_model_weights"]
+__all__ = [
+    "ModelSpec",
+    "build_model",
+    "build_task_model",
+    "check_config_keys",
+    "enable_gradient_checkpointing",
+    "hub_offline",
+    "resolve_local_or_hub",
+    "save_model_weights",
+]
 
 ModelSpec = str | dict[str, Any] | PretrainedConfig | nn.Module
 
@@ -123,6 +132,60 @@ def build_model(
         except OSError as err:
             raise ConfigError(field, f"could not load {model!r} ({str(err).splitlines()[0]})", "check the name or directory") from None
     raise ConfigError(field, f"unsupported model spec of type {type(model).__name__}", "pass a name, a directory, a config dict or a model")
+
+
+def build_task_model(
+    model: ModelSpec | None,
+    task: str,
+    model_kwargs: dict[str, Any] | None = None,
+    num_labels: int | None = None,
+    id2label: dict[int, str] | None = None,
+    vocab_size: int | None = None,
+    pad_token_id: int | None = None,
+) -> nn.Module:
+    """:func:`build_model` fitted to the data: labels, vocabulary size and pad id (linked from the data module).
+
+    A model built from a config gets the tokenizer's ``vocab_size``; a smaller pretrained embedding is
+    resized to it. A checkpoint whose head has another number of labels than the data is refused.
+    """
+    if model is None:
+        raise ConfigError(
+            "model", "no model given",
+            "pass a local folder written by save_pretrained, a Hub id, a config dict with model_type, or a model",
+        )
+    spec = task_spec(task)
+    kwargs = dict(model_kwargs or {})
+    if spec.has_num_labels:
+        if num_labels is not None:
+            kwargs.setdefault("num_labels", num_labels)
+        if id2label:
+            id2label = {int(k): v for k, v in id2label.items()}
+            kwargs.setdefault("id2label", id2label)
+            kwargs.setdefault("label2id", {v: k for k, v in id2label.items()})
+    if isinstance(model, dict) and vocab_size is not None:
+        model = {**model, "vocab_size": model.get("vocab_size", vocab_size)}
+    built = build_model(model, task, kwargs)
+    config = getattr(built, "config", None)
+    if config is not None and spec.has_num_labels and num_labels is not None and config.num_labels != num_labels:
+        raise ConfigError(
+            "model.num_labels",
+            f"the model has {config.num_labels} labels but the data has {num_labels}",
+            "set num_labels to match the data, or use a checkpoint trained for these labels",
+        )
+    if vocab_size is not None and hasattr(built, "get_input_embeddings"):
+        embeddings = built.get_input_embeddings()
+        if embeddings is not None and embeddings.num_embeddings < vocab_size:
+            built.resize_token_embeddings(vocab_size)
+    if config is not None and pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = pad_token_id
+    return built
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """The HF model's own (non-reentrant) gradient checkpointing; refused for models without it."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError("gradient_checkpointing", f"{type(model).__name__} does not support it", "set it to false")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def is_pretrained(model: nn.Module) -> bool:

@@ -230,7 +230,7 @@ class Trainer:
         return type(self).training_step is not Trainer.training_step
 
     def call_training_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        return steps.call_training_step(self, model, inputs, self._module._current_items)
+        return steps.call_training_step(self, model, inputs, self._module.current_items)
 
     # ================================================================ train
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> TrainOutput:

@@ -54,6 +54,7 @@ CLI_CASES = {
     "missing label column": (["--data.label_column=sentiment"], "data.label_column"),
     "label outside num_labels": (["--data.label_names=[negative]"], "outside"),
     "model path does not exist": (["--model.model=./no_such_model"], "does not exist"),
+    "no model given": (["--model.model=null"], "model: no model given"),
     "hub model while offline": (["--model.model=bert-base-uncased"], "offline"),
     "typo in the model config": (["--model.model.hiden_size=8"], "hiden_size"),
     "tokenizer missing": (["--data.tokenizer=./no_such_tokenizer"], "data.tokenizer"),

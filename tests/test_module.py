@@ -108,6 +108,26 @@ def test_missing_model_dir_fails_fast() -> None:
         HFLightningModule(model="bert-base-uncased")
 
 
+def test_missing_model_is_one_line_error_not_a_hub_download() -> None:
+    with pytest.raises(ConfigError, match=r"^model: no model given\. Fix: pass a local folder") as info:
+        HFLightningModule(task="sequence-classification", num_labels=2)
+    assert "\n" not in str(info.value)
+
+
+def test_help_lists_the_settings_by_concern() -> None:
+    """``hf-lightning fit --help`` reads model, loss, optimizer, evaluation, scale-out, in that order."""
+    import inspect
+    import re
+
+    concerns = ["model", "loss", "optimizer", "evaluation", "scale-out"]
+    doc = inspect.getdoc(HFLightningModule) or ""
+    tags = dict(re.findall(r"^    (\w+): \(([a-z-]+)\)", doc, flags=re.M))
+    params = [p for p in inspect.signature(HFLightningModule).parameters]
+    assert set(params) == set(tags), "every setting is documented with its concern"
+    order = [concerns.index(tags[p]) for p in params]
+    assert order == sorted(order), [(p, tags[p]) for p in params]
+
+
 def test_weight_decay_grouping_matches_hf() -> None:
     module = HFLightningModule(model=TINY_MODELS["bert"], weight_decay=0.1)
     module.trainer = None

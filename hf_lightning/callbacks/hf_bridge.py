@@ -22,7 +22,9 @@ from transformers import DefaultFlowCallback, TrainerCallback, TrainerControl, T
 from transformers.trainer_callback import CallbackHandler
 from transformers.trainer_utils import SaveStrategy
 
+from hf_lightning.accumulation import StepRecord
 from hf_lightning.errors import ConfigError
+from hf_lightning.module import HFLightningModule
 
 __all__ = ["BridgeHost", "HFCallbackBridge", "HFCallbacks", "NativeHost", "update_best_metric"]
 
@@ -63,11 +65,18 @@ class BridgeHost(Protocol):
     control: TrainerControl
     callback_handler: CallbackHandler
 
+    #: a ReduceLROnPlateau that evaluations step (Lightning does not hold it), else None
+    lr_scheduler: Any
+
     def log(self, logs: dict[str, float]) -> None: ...
 
     def evaluate_during_training(self) -> dict[str, float] | None: ...
 
+    def determine_best_metric(self, metrics: dict[str, float]) -> bool: ...
+
     def save_during_training(self) -> None: ...
+
+    def store_flos(self) -> None: ...
 
 
 class HFCallbackBridge(pl.Callback):
@@ -97,7 +106,7 @@ class HFCallbackBridge(pl.Callback):
         handler.optimizer = trainer.optimizers[0] if trainer.optimizers else None
         configs = trainer.lr_scheduler_configs
         # A ReduceLROnPlateau is stepped by evaluations, not by Lightning: take it from its owner.
-        handler.lr_scheduler = configs[0].scheduler if configs else getattr(self.host, "lr_scheduler", None)
+        handler.lr_scheduler = configs[0].scheduler if configs else self.host.lr_scheduler
         handler.train_dataloader = trainer.train_dataloader
 
     def _apply_control(self, trainer: pl.Trainer, pl_module: pl.LightningModule, after_step: bool = True) -> None:
@@ -111,8 +120,8 @@ class HFCallbackBridge(pl.Callback):
         stop_training = control.should_training_stop and after_step
         if stop_training:
             trainer.should_stop = True
-        if control.should_epoch_stop or stop_training:
-            pl_module._skip_rest_of_epoch = True
+        if (control.should_epoch_stop or stop_training) and isinstance(pl_module, HFLightningModule):
+            pl_module.request_epoch_stop()
 
     # ---------------------------------------------------------------- train
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -138,12 +147,13 @@ class HFCallbackBridge(pl.Callback):
         self._apply_control(trainer, pl_module, after_step=False)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module._skip_rest_of_epoch = False
+        if isinstance(pl_module, HFLightningModule):
+            pl_module.clear_epoch_stop()
         self._event("on_epoch_begin")
         self._apply_control(trainer, pl_module, after_step=False)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        if getattr(pl_module, "_skip_rest_of_epoch", False):
+        if isinstance(pl_module, HFLightningModule) and pl_module.epoch_stop_requested:
             return  # the module answers -1 and Lightning ends the epoch: HF never begins this step
         if batch_idx % trainer.accumulate_grad_batches == 0:
             self._event("on_step_begin")
@@ -162,7 +172,7 @@ class HFCallbackBridge(pl.Callback):
             self.seen_step = trainer.global_step
             state.global_step = trainer.global_step
             state.epoch = trainer.current_epoch + (batch_idx + 1) / max(trainer.num_training_batches, 1)
-            self._track_loss(getattr(pl_module, "_step_loss", float("nan")))
+            self._track_loss(_last_step(pl_module).loss)
             self._event("on_step_end")
             if self.drive:
                 self.maybe_log_save_evaluate(pl_module)
@@ -202,16 +212,14 @@ class HFCallbackBridge(pl.Callback):
         """HF's training log: mean loss since the last log, grad_norm of this step, learning rate."""
         host, state = self.host, self.host.state
         logs: dict[str, float] = {"loss": self.tr_loss / max(state.global_step - self.last_logged, 1)}
-        grad_norm = getattr(pl_module, "_grad_norm", None)
-        if grad_norm is not None:
-            logs["grad_norm"] = grad_norm
-        logs["learning_rate"] = getattr(pl_module, "_step_lr", float("nan"))
+        step = _last_step(pl_module)
+        if step.grad_norm is not None:
+            logs["grad_norm"] = step.grad_norm
+        logs["learning_rate"] = step.learning_rate
         self.total_loss += self.tr_loss
         self.tr_loss = 0.0
         self.last_logged = state.global_step
-        store_flos = getattr(host, "store_flos", None)
-        if store_flos is not None:
-            store_flos()
+        host.store_flos()
         host.log(logs)
 
     def maybe_log_save_evaluate(self, pl_module: pl.LightningModule) -> None:
@@ -247,6 +255,11 @@ class HFCallbackBridge(pl.Callback):
         self.tr_loss = state_dict.get("tr_loss", 0.0)
 
 
+def _last_step(pl_module: pl.LightningModule) -> StepRecord:
+    """What the module's last optimizer step produced (nothing known for other LightningModules)."""
+    return pl_module.last_step if isinstance(pl_module, HFLightningModule) else StepRecord()
+
+
 def _state_json(state: TrainerState) -> str:
     import dataclasses
     import json
@@ -262,6 +275,7 @@ class NativeHost:
         self.args = args
         self.state = TrainerState()
         self.control = TrainerControl()
+        self.lr_scheduler = None
         self.callback_handler = CallbackHandler(callbacks, None, processing_class, None, None)
         if not any(isinstance(cb, DefaultFlowCallback) for cb in self.callback_handler.callbacks):
             self.callback_handler.add_callback(DefaultFlowCallback)
@@ -279,6 +293,9 @@ class NativeHost:
         return update_best_metric(self.args, self.state, metrics)
 
     def save_during_training(self) -> None:
+        return None
+
+    def store_flos(self) -> None:
         return None
 
 
@@ -320,7 +337,7 @@ class HFCallbacks(HFCallbackBridge):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.host is None:
             return
-        metrics = dict(getattr(pl_module, "last_eval_metrics", {}) or {})
+        metrics = dict(pl_module.last_eval_metrics) if isinstance(pl_module, HFLightningModule) else {}
         if self.host.state.epoch is not None:
             metrics["epoch"] = self.host.state.epoch  # as HF's evaluate() passes them (log() adds it)
         self._event("on_evaluate", metrics=metrics)

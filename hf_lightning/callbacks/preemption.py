@@ -52,6 +52,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hf_lightning.errors import ConfigError
+from hf_lightning.lightning_compat import request_graceful_stop
 
 __all__ = ["PreemptionCheckpoint"]
 
@@ -201,11 +202,7 @@ class PreemptionCheckpoint(pl.Callback):
 
     def _request_stop(self) -> None:
         """Ask Lightning's loops to stop at their next safe point, as its own SIGTERM handler does."""
-        connector = getattr(self._trainer, "_signal_connector", None)
-        if connector is not None and hasattr(connector, "received_sigterm"):
-            connector.received_sigterm = True
-        else:  # a Lightning without the connector attribute: its public SIGTERM handling does the same
-            os.kill(os.getpid(), signal.SIGTERM)
+        request_graceful_stop(self._trainer)
 
     def _restore_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

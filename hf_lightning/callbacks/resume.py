@@ -33,7 +33,6 @@ after this one and draws random numbers shift the stream; put such callbacks fir
 from __future__ import annotations
 
 import contextlib
-import re
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -47,6 +46,14 @@ from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader
 
 from hf_lightning.errors import ConfigError
+from hf_lightning.lightning_compat import (
+    NON_RESUMABLE_WARNING,
+    consumed_batches,
+    restart_epoch_end_as_next_epoch,
+    restart_train_iterator,
+    sampler_inside_wrapper,
+)
+from hf_lightning.module import HFLightningModule
 from hf_lightning.rng import capture_rng_state, restore_rng_state
 from hf_lightning.sampler import ResumableSampler
 
@@ -55,11 +62,6 @@ __all__ = ["STATE_KEY", "ExactResumeCallback", "find_resumable_loader"]
 #: Top-level checkpoint key holding this callback's state.
 STATE_KEY = "hf_lightning_exact_resume"
 _STATE_VERSION = 1
-# Lightning 2.6 training_epoch_loop.reset(): emitted when resuming mid-epoch with a loader that does not
-# implement state_dict/load_state_dict. The loader *is* resumable here; the callback restores it.
-_NON_RESUMABLE_WARNING = re.escape(
-    "You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable"
-)
 
 
 # ---------------------------------------------------------------------------- finding the sampler
@@ -87,8 +89,7 @@ def _samplers_of(loader: Any) -> list[Any]:
 
 def _wrapped_resumable(sampler: Any) -> bool:
     """True if Lightning's DistributedSamplerWrapper hides a ResumableSampler (use_distributed_sampler=True)."""
-    inner = getattr(getattr(sampler, "dataset", None), "_sampler", None)
-    return isinstance(inner, ResumableSampler)
+    return isinstance(sampler_inside_wrapper(sampler), ResumableSampler)
 
 
 def find_resumable_loader(trainer: pl.Trainer) -> tuple[DataLoader, ResumableSampler, int] | None:
@@ -150,18 +151,6 @@ def _set_generator_state(loader: DataLoader, state: bytes | None) -> None:
     generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8).clone())
 
 
-def _consumed_batches(trainer: pl.Trainer) -> int:
-    """Batches of the current epoch already handed to the model on this rank.
-
-    Between ``set_epoch`` of a new epoch and the epoch loop's reset (``on_train_epoch_start``) the
-    batch counter still shows the previous, finished epoch; the new one has consumed nothing yet.
-    """
-    epoch_progress = trainer.fit_loop.epoch_progress.current
-    if epoch_progress.ready > epoch_progress.started:
-        return 0
-    return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
-
-
 def _is_mid_window(trainer: pl.Trainer, pl_module: pl.LightningModule, ready: int) -> bool:
     """True when some micro-batches of an unfinished accumulation window have already run backward.
 
@@ -190,45 +179,6 @@ def _gather_per_rank(trainer: pl.Trainer, local: dict[str, Any]) -> list[dict[st
     return [local]
 
 
-def _zero_current_counters(state: Any) -> None:
-    """Set every ``current`` (per-epoch) progress counter in a loop's saved state to 0, in place."""
-    if isinstance(state, dict):
-        for key, value in state.items():
-            if key == "current" and isinstance(value, dict):
-                for counter in value:
-                    value[counter] = 0
-            else:
-                _zero_current_counters(value)
-
-
-def _resume_epoch_end_as_next_epoch(checkpoint: dict[str, Any]) -> bool:
-    """Rewrite the loop state of a checkpoint taken after an epoch's last batch into "next epoch, nothing done".
-
-    Why: with ``max_steps`` set, Lightning 2.6 treats every resume as a restart. From a checkpoint
-    written in ``on_train_epoch_end`` (or after it, by a SIGTERM) it then replays the epoch end,
-    increments ``epoch_progress.processed`` a second time and calls ``set_epoch`` with one epoch too
-    many from then on; without validation it even trains one extra batch. With ``max_epochs`` it
-    instead starts the next epoch cleanly: the state written here is that clean start (the epoch
-    completed, the per-epoch batch, optimizer and scheduler counters at 0). Returns whether it
-    changed anything. Only the training loop's own counters are touched; totals stay as saved.
-    """
-    fit = checkpoint.get("loops", {}).get("fit_loop")
-    if not isinstance(fit, dict) or "epoch_progress" not in fit:
-        return False
-    current, total = fit["epoch_progress"]["current"], fit["epoch_progress"]["total"]
-    trained = current["ready"] == current["started"] == current["processed"] > 0
-    if not trained or current["completed"] not in (current["processed"] - 1, current["processed"]):
-        return False
-    current["completed"] = current["processed"]
-    total["completed"] = total["processed"]
-    for key, value in fit.items():
-        if key.startswith("epoch_loop.") and not key.startswith("epoch_loop.val_loop."):
-            _zero_current_counters(value)
-            if isinstance(value, dict) and "is_last_batch" in value:
-                value["is_last_batch"] = False
-    return True
-
-
 # ---------------------------------------------------------------------------- the callback
 
 
@@ -255,7 +205,7 @@ class ExactResumeCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         """Add the data position, every rank's RNG snapshot and, mid-window, every rank's partial gradients."""
-        ready = _consumed_batches(trainer)
+        ready = consumed_batches(trainer)
         data: dict[str, Any] | None = None
         found = find_resumable_loader(trainer)
         if found is not None:
@@ -268,10 +218,8 @@ class ExactResumeCallback(pl.Callback):
             }
         mid_window = _is_mid_window(trainer, pl_module, ready)
         local: dict[str, Any] = {"rng": capture_rng_state(), "window": None, "grads": None}
-        window = getattr(pl_module, "_train_window", None)
-        if window is not None:
-            local["window"] = {"items": window.items.detach().cpu().clone(),
-                               "loss_sum": window.loss_sum.detach().cpu().clone()}
+        if isinstance(pl_module, HFLightningModule):
+            local["window"] = pl_module.train_window.state_dict()
         if mid_window:
             local["grads"] = {
                 name: _local_tensor(p.grad) for name, p in pl_module.named_parameters() if p.grad is not None
@@ -303,7 +251,7 @@ class ExactResumeCallback(pl.Callback):
             )
         self._pending = state
         if trainer.max_steps != -1:
-            _resume_epoch_end_as_next_epoch(checkpoint)
+            restart_epoch_end_as_next_epoch(checkpoint)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Apply the pending state: data position first, then gradients, then the RNGs, last of all.
@@ -351,9 +299,7 @@ class ExactResumeCallback(pl.Callback):
         at_epoch_start = sampler.pending_skip == 0
         if at_epoch_start:
             _set_generator_state(loader, data.get("generator"))
-        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
-        if fetcher is not None:
-            iter(fetcher)  # Lightning's iterator was created before the skip was known
+        restart_train_iterator(trainer)  # Lightning's iterator was created before the skip was known
         if not at_epoch_start:
             _set_generator_state(loader, data.get("generator"))
         self._silence_non_resumable_warning()
@@ -361,11 +307,9 @@ class ExactResumeCallback(pl.Callback):
 
     @staticmethod
     def _restore_window(pl_module: pl.LightningModule, window_state: dict[str, Any] | None) -> bool:
-        window = getattr(pl_module, "_train_window", None)
-        if window is None or window_state is None:
+        if not isinstance(pl_module, HFLightningModule) or window_state is None:
             return False
-        window.items = window_state["items"].detach().to("cpu", window.items.dtype).clone()
-        window.loss_sum = window_state["loss_sum"].detach().to("cpu", window.loss_sum.dtype).clone()
+        pl_module.train_window.load_state_dict(window_state)
         return True
 
     @staticmethod
@@ -403,7 +347,7 @@ class ExactResumeCallback(pl.Callback):
         """Ignore Lightning's non-resumable-loader warning until the first batch; it fires in between."""
         if self._warning_filter is not None:
             return
-        warnings.filterwarnings("ignore", message=_NON_RESUMABLE_WARNING, category=PossibleUserWarning)
+        warnings.filterwarnings("ignore", message=NON_RESUMABLE_WARNING, category=PossibleUserWarning)
         self._warning_filter = warnings.filters[0]
 
     def _drop_warning_filter(self) -> None:

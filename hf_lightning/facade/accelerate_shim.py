@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from hf_lightning.facade.module import TrainerModule
+from hf_lightning.lightning_compat import attached_trainer
 
 __all__ = ["AccelerateShim"]
 
@@ -36,7 +37,7 @@ class AccelerateShim:
     @property
     def _trainer(self) -> Any:
         module = self._host._module
-        return module._trainer if module is not None else None
+        return attached_trainer(module) if module is not None else None
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
         """HF's ``accelerator.backward``: literal for transformers-4 style overrides, else item-exact."""

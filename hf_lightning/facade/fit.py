@@ -134,6 +134,6 @@ def _finish(trainer: Any, start: float, num_samples: int, max_steps: int) -> Tra
         trainer._load_best_model()
     checkpoints.keep_only_best(trainer)
     trainer.control = trainer.callback_handler.on_train_end(args, trainer.state, trainer.control)
-    if getattr(trainer._module, "nonfinite_stop_message", None):
+    if trainer._module is not None and trainer._module.nonfinite_stop_message:
         metrics["stopped_nonfinite"] = 1.0
     return TrainOutput(state.global_step, metrics["train_loss"], metrics)

@@ -63,21 +63,21 @@ class TrainerModule(HFLightningModule):
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self._start_micro_batch(batch_idx)
+        self.start_micro_batch(batch_idx)
         self.model.train()
         items = self.count_items(batch)
-        self._current_items = items
+        self.current_items = items
         returned = self.host.call_training_step(self.forward_model, batch)
         self.host.current_flos += self.host.floating_point_ops(batch)
         if not isinstance(returned, torch.Tensor):
             returned = torch.as_tensor(returned, device=self.device, dtype=torch.float32)
         if self._overridden_step:
             self._user_loss += float(returned.detach())
-        self._train_window.add(items, returned.detach() * items)
+        self.train_window.add(items, returned.detach() * items)
         deferred, self._deferred = self._deferred, None
         if deferred is not None:
             return deferred
-        if not self._backward_done:
+        if not self.backward_done:
             # The override returned a loss with a graph instead of calling accelerator.backward
             # (or, under DeepSpeed, the default step's backward is Lightning's).
             return self.item_mean_return(returned, items)
@@ -85,7 +85,7 @@ class TrainerModule(HFLightningModule):
 
     def backward_items_mean(self, loss: torch.Tensor) -> None:
         """Backward a per-micro-batch mean so that the window's gradient is the mean over its items."""
-        items = self._current_items if self._current_items is not None else 1
+        items = self.current_items if self.current_items is not None else 1
         if self.backward_deferred:
             self._defer(self.item_mean_return(loss, items))  # Lightning's closure runs it
         else:
@@ -122,7 +122,7 @@ class TrainerModule(HFLightningModule):
         self._literal_window = False
         if self._overridden_step:
             # HF logs the sum of what an overridden training_step returned over the window.
-            self._step_loss = self._user_loss
+            self.last_step.loss = self._user_loss
             self._user_loss = 0.0
         schedulers = self.trainer.lr_scheduler_configs
         try:
@@ -131,16 +131,15 @@ class TrainerModule(HFLightningModule):
             lr = schedulers[0].scheduler.get_last_lr()[0]
         except (AttributeError, IndexError):
             return  # no scheduler, or one without get_last_lr: keep the optimizer's rate
-        self._step_lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+        self.last_step.learning_rate = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
 
     def _finish_literal_window(self, optimizer: torch.optim.Optimizer) -> None:
         """Optimizer-step bookkeeping for a literal window: gradients stay as the user made them."""
-        _, self._step_loss = self._train_window.close(self.device)  # resets the counter (a collective)
-        if getattr(self, "_grads_synced_here", False):
+        _, loss = self.train_window.close(self.device)  # resets the counter (a collective)
+        if self.grads_synced_here:
             all_reduce_gradients(self.parameters())
             scale_gradients(self.parameters(), 1.0 / self.trainer.world_size)  # DDP averages over ranks
-        self._step_lr = optimizer.param_groups[0]["lr"]
-        self._stepped = True
+        self.record_step(loss, optimizer.param_groups[0]["lr"])
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

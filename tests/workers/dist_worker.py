@@ -63,7 +63,7 @@ def weights(out: str, world: int, strategy_name: str) -> None:
 
     class Record(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            losses.append(pl_module._step_loss)
+            losses.append(pl_module.last_step.loss)
 
     # 9 validation rows, batch 2: over 2 ranks one runs 3 batches and the other 2.
     val = build_dataloader(data.select(range(9)), 2, build_collator("sequence-classification", tok), train=False)

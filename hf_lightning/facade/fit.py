@@ -15,6 +15,7 @@ from transformers import TrainerState
 from transformers.trainer_utils import TrainOutput, speed_metrics
 
 from hf_lightning.callbacks.hf_bridge import HFCallbackBridge
+from hf_lightning.checkpoint_io_plugin import use_safe_loading
 from hf_lightning.errors import ConfigError
 from hf_lightning.facade import checkpoints
 from hf_lightning.facade.module import TrainerModule
@@ -57,6 +58,7 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     plan["callbacks"] = [trainer._bridge, *checkpoints.resume_callbacks(trainer), *trainer.lightning_callbacks,
                          *plan.get("callbacks", [])]
     trainer._pl_trainer = pl.Trainer(**plan)
+    use_safe_loading(trainer._pl_trainer)  # resume_from_checkpoint never unpickles code
     trainer.callback_handler.model = trainer.model
     _log_start(trainer, train_loader, max_steps, resume_dir)
     trainer.is_in_train = True

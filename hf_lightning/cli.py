@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from hf_lightning.callbacks.hf_export import HFExportCallback
 from hf_lightning.callbacks.preemption import PreemptionCheckpoint
 from hf_lightning.callbacks.resume import ExactResumeCallback
+from hf_lightning.checkpoint_io import CheckpointWriteError
 from hf_lightning.data import HFDataModule
 from hf_lightning.errors import ConfigError
 from hf_lightning.module import HFLightningModule
@@ -134,6 +135,9 @@ class HFLightningCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except ConfigError as err:
             _exit_one_line(str(err))
+        except CheckpointWriteError as err:  # disk full mid-save: the earlier checkpoints are intact
+            sys.stderr.write(f"error: {err}\n")  # already one line; not cut, the fix is at its end
+            sys.exit(1)
 
 
 def check_checkpoint_file(path: str) -> dict[str, Any]:

@@ -205,14 +205,13 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         downloaded file run anything). The file is validated first from its keys alone (memory-mapped),
         so a corrupt or code-carrying checkpoint is one line naming it.
         """
-        from lightning.pytorch.core.saving import _load_from_checkpoint
-
         from hf_lightning.safe_load import SAFE_GLOBALS, read_checkpoint_header
 
         if isinstance(checkpoint_path, (str, Path)) and "://" not in str(checkpoint_path):
             read_checkpoint_header(checkpoint_path, field="checkpoint_path")
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return _load_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, strict, True, **kwargs)
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                                strict=strict, weights_only=True, **kwargs)
 
     def on_fit_start(self) -> None:
         # from_pretrained returns a model in eval mode and Lightning keeps each submodule's mode, so a

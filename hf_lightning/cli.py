@@ -21,6 +21,7 @@ from hf_lightning.checkpoint_io import CheckpointWriteError
 from hf_lightning.data import HFDataModule
 from hf_lightning.errors import ConfigError
 from hf_lightning.module import HFLightningModule
+from hf_lightning.run_lock import RunLockCallback
 from hf_lightning.safe_load import read_checkpoint_header
 
 __all__ = ["HFLightningCLI", "OneLineErrorParser", "check_tags_fit_model", "main", "run_cli"]
@@ -191,7 +192,8 @@ def run_cli(args: list[str] | None = None) -> HFLightningCLI:
                 "use_distributed_sampler": False,
                 # Exact mid-epoch resume, a checkpoint on SIGTERM/Ctrl-C, and checkpoint files that a
                 # killed process can never leave half-written.
-                "callbacks": [HFExportCallback(), ExactResumeCallback(), PreemptionCheckpoint()],
+                # One run per default_root_dir at a time (a second is refused in one line).
+                "callbacks": [RunLockCallback(), HFExportCallback(), ExactResumeCallback(), PreemptionCheckpoint()],
                 "plugins": [{"class_path": "hf_lightning.checkpoint_io_plugin.AtomicCheckpointIO"}],
             },
             save_config_kwargs={"overwrite": True},

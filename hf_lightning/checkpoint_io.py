@@ -36,6 +36,7 @@ from hf_lightning.errors import ConfigError
 
 __all__ = [
     "COMPLETE_MARKER",
+    "CheckpointWriteError",
     "TMP_PREFIX",
     "atomic_directory",
     "atomic_torch_save",
@@ -59,6 +60,29 @@ _DEL_SUFFIX = ".del"  # a checkpoint renamed away before it is deleted
 _TMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)(?P<suffix>(?:\.old|\.del)\d*)?$")
 
 PathLike = str | os.PathLike[str]
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint (or export) folder failed midway: disk full, file size limit, I/O error.
+
+    One line says which folder and why; nothing of the failed write is left behind and what was in
+    place before (earlier checkpoints, an earlier export under the same name) is untouched. Keeps the
+    underlying ``errno`` so that code catching ``OSError`` keeps working.
+    """
+
+    def __init__(self, target: Path, cause: OSError) -> None:
+        self.target = target
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        where = f" while writing {Path(cause.filename).name}" if cause.filename else ""
+        super().__init__(
+            cause.errno,
+            f"could not write {target}: {reason}{where}. Nothing of it was kept and the earlier contents of "
+            f"{target.parent} are intact. Fix: free space on that disk (or raise the file size limit), then resume "
+            "with resume_from_checkpoint=True (or ckpt_path='last')",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 # ---------------------------------------------------------------------------- fsync helpers
@@ -164,7 +188,8 @@ def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = Non
     ``.complete`` marker is written (``step`` parsed from a ``-N`` name suffix unless ``metadata``
     gives one, ``time``, ``files`` manifest, plus ``metadata``), and the directory replaces
     ``final_path``; an existing ``final_path`` is moved aside first and deleted afterwards. If the
-    block raises, the temporary directory is removed and ``final_path`` is untouched.
+    block raises, the temporary directory is removed and ``final_path`` is untouched; a failed write
+    (``OSError``: disk full, ``RLIMIT_FSIZE``) is re-raised as one-line :class:`CheckpointWriteError`.
 
     Only one process may write a given ``final_path`` at a time (in DDP: rank 0).
     """
@@ -184,6 +209,12 @@ def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = Non
         # Through a rename: a crash mid-write must not leave an empty marker, which would read as a
         # user vouching for the directory (see _read_marker).
         _atomic_write(tmp / COMPLETE_MARKER, lambda handle: handle.write(json.dumps(marker).encode()))
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = _os_error(err)
+        if cause is None or isinstance(err, CheckpointWriteError):
+            raise
+        raise CheckpointWriteError(final, cause) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -196,6 +227,14 @@ def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = Non
     _fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The operating-system error behind ``err``: itself, or one that safetensors reports as text."""
+    if isinstance(err, OSError):
+        return err
+    found = re.search(r"os error (\d+)", str(err))  # safetensors' SafetensorError from a failed Rust write
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
 
 
 # ---------------------------------------------------------------------------- inspection

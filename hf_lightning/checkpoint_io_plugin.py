@@ -7,6 +7,11 @@ it up on the next start. :class:`AtomicCheckpointIO` writes through
 :func:`hf_lightning.checkpoint_io.atomic_torch_save` instead: a hidden ``.tmp-<name>-<pid>`` sibling,
 fsync, rename over the final name, fsync of the folder. Readers see the old file or the whole new one.
 
+Loading is safe too (:class:`SafeLoadCheckpointIO`, which it extends): Lightning 2.6 hands
+``torch.load`` ``weights_only=None``, which torch 2.6+ reads as True unless the environment sets
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, and a caller may pass False; here every local load is
+``weights_only=True`` explicitly, and a pickle payload is refused with one line naming the file.
+
 Plug it in with ``Trainer(plugins=[AtomicCheckpointIO()])``. Only local paths get the atomic write;
 ``fsspec`` URLs (``s3://...``) keep Lightning's path, as object stores publish an upload only once it
 is complete. Hidden temporaries left by a killed writer are removed the next time this process saves
@@ -20,19 +25,48 @@ from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.io import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol, get_filesystem
 from lightning.fabric.utilities.types import _PATH
 
 from hf_lightning.checkpoint_io import TMP_PREFIX, atomic_torch_save, cleanup_incomplete
 from hf_lightning.errors import ConfigError
+from hf_lightning.safe_load import safe_torch_load
 
-__all__ = ["AtomicCheckpointIO"]
+__all__ = ["AtomicCheckpointIO", "SafeLoadCheckpointIO", "use_safe_loading"]
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
+class SafeLoadCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose loads never unpickle code: ``weights_only=True`` whatever the caller asks.
+
+    ``trainer.fit(ckpt_path=...)`` reads the user's file through this method, so it is the one place
+    that makes resuming from a downloaded or shared checkpoint safe.
+    """
+
+    def load_checkpoint(self, path: _PATH, map_location: Any | None = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """Load with ``weights_only=True`` and the project's types allowed; refuse pickle payloads in one line."""
+        if not _is_local_file_protocol(path):
+            if not get_filesystem(path).exists(path):
+                raise FileNotFoundError(f"Checkpoint file not found: {path}")
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return safe_torch_load(path, field="ckpt_path", map_location=map_location)
+
+
+def use_safe_loading(trainer: Any) -> None:
+    """Give ``trainer``'s strategy a :class:`SafeLoadCheckpointIO` where it uses Lightning's plain one.
+
+    Strategies with their own checkpoint format (DeepSpeed, FSDP2's distributed checkpoints) or a
+    CheckpointIO the user chose are left alone.
+    """
+    strategy = trainer.strategy
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = SafeLoadCheckpointIO()
+
+
+class AtomicCheckpointIO(SafeLoadCheckpointIO):
     """``TorchCheckpointIO`` with an all-or-nothing ``save_checkpoint`` for local files.
 
-    Loading and removing are inherited unchanged: the files are ordinary ``torch.save`` output.
+    Loading is :class:`SafeLoadCheckpointIO`'s; removing is Lightning's: the files are ordinary ``torch.save`` output.
     """
 
     def __init__(self) -> None:

@@ -17,9 +17,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from hf_lightning.callbacks.hf_export import HFExportCallback
 from hf_lightning.callbacks.preemption import PreemptionCheckpoint
 from hf_lightning.callbacks.resume import ExactResumeCallback
+from hf_lightning.checkpoint_io import CheckpointWriteError
 from hf_lightning.data import HFDataModule
 from hf_lightning.errors import ConfigError
 from hf_lightning.module import HFLightningModule
+from hf_lightning.run_lock import RunLockCallback
+from hf_lightning.safe_load import read_checkpoint_header
 
 __all__ = ["HFLightningCLI", "OneLineErrorParser", "check_tags_fit_model", "main", "run_cli"]
 
@@ -100,21 +103,30 @@ class HFLightningCLI(LightningCLI):
             _exit_one_line(str(err))
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI loads --ckpt_path while parsing (to read its hyperparameters): check it first.
-        config = self.config.get(self.config.get("subcommand") or "", None)
+        # LightningCLI reads --ckpt_path's hyperparameters while parsing. Done here instead, in one read that
+        # validates the file too: weights_only=True (a pickle payload is refused, never run) and memory-mapped
+        # (only the keys and hyperparameters are read, not the tensors).
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand or "", None)
         ckpt_path = config.get("ckpt_path") if config is not None else None
-        if isinstance(ckpt_path, str) and ckpt_path not in ("last", "best", "hpc", "registry"):
-            try:
-                check_checkpoint_file(ckpt_path)
-            except ConfigError as err:
-                _exit_one_line(str(err))
+        if not subcommand or not isinstance(ckpt_path, str) or ckpt_path in ("last", "best", "hpc", "registry"):
+            return
+        try:
+            hparams = dict(check_checkpoint_file(ckpt_path).get("hyper_parameters") or {})
+        except ConfigError as err:
+            _exit_one_line(str(err))
         linked = [target.split(".", 1)[1] for target in LINKS.values()]
-        model = config.get("model") if config is not None else None
+        model = config.get("model")
         user_set = {key for key in linked if model is not None and model.get(key) is not None}
-        super()._parse_ckpt_path()
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:  # as LightningCLI._parse_ckpt_path
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         # The checkpoint's hyperparameters include the linked values (num_labels, id2label, ...); they are
         # filled again from the data module at instantiation, so they must not count as user-set targets.
-        model = self.config[self.config.subcommand].get("model") if self.config.get("subcommand") else None
+        model = self.config[subcommand].get("model")
         for key in linked:
             if model is not None and key not in user_set and model.get(key) is not None:
                 model[key] = None
@@ -124,25 +136,21 @@ class HFLightningCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except ConfigError as err:
             _exit_one_line(str(err))
+        except CheckpointWriteError as err:  # disk full mid-save: the earlier checkpoints are intact
+            sys.stderr.write(f"error: {err}\n")  # already one line; not cut, the fix is at its end
+            sys.exit(1)
 
 
-def check_checkpoint_file(path: str) -> None:
-    """Refuse a missing or unreadable ``--ckpt_path`` before the model and data are built."""
+def check_checkpoint_file(path: str) -> dict[str, Any]:
+    """Refuse a missing, corrupt or code-carrying ``--ckpt_path`` before the model and data are built.
+
+    Returns the checkpoint's top-level dict with its tensors memory-mapped (read on first use only).
+    """
     from pathlib import Path
 
-    import torch
-
-    file = Path(path).expanduser()
-    if not file.is_file():
+    if not Path(path).expanduser().is_file():
         raise ConfigError("ckpt_path", f"{path!r} does not exist", "pass an existing .ckpt file (or 'last')")
-    try:
-        torch.load(file, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # noqa: BLE001 - any failure to read means the file is unusable
-        raise ConfigError(
-            "ckpt_path",
-            f"{path!r} is corrupt or not a checkpoint ({type(err).__name__})",
-            "resume from an earlier checkpoint",
-        ) from None
+    return read_checkpoint_header(path, field="ckpt_path")
 
 
 def check_tags_fit_model(datamodule: Any, model: Any) -> None:
@@ -184,7 +192,8 @@ def run_cli(args: list[str] | None = None) -> HFLightningCLI:
                 "use_distributed_sampler": False,
                 # Exact mid-epoch resume, a checkpoint on SIGTERM/Ctrl-C, and checkpoint files that a
                 # killed process can never leave half-written.
-                "callbacks": [HFExportCallback(), ExactResumeCallback(), PreemptionCheckpoint()],
+                # One run per default_root_dir at a time (a second is refused in one line).
+                "callbacks": [RunLockCallback(), HFExportCallback(), ExactResumeCallback(), PreemptionCheckpoint()],
                 "plugins": [{"class_path": "hf_lightning.checkpoint_io_plugin.AtomicCheckpointIO"}],
             },
             save_config_kwargs={"overwrite": True},

@@ -194,6 +194,25 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
                 f"pass it again: HFLightningModule.load_from_checkpoint(path, loss={name}(...))",
             )
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
+        weights_only: bool | None = None, **kwargs: Any,
+    ) -> HFLightningModule:
+        """Lightning's ``load_from_checkpoint``, but the file is never unpickled as code.
+
+        ``weights_only`` is always True (a checkpoint is data; ``weights_only=False`` would let a shared or
+        downloaded file run anything). The file is validated first from its keys alone (memory-mapped),
+        so a corrupt or code-carrying checkpoint is one line naming it.
+        """
+        from hf_lightning.safe_load import SAFE_GLOBALS, read_checkpoint_header
+
+        if isinstance(checkpoint_path, (str, Path)) and "://" not in str(checkpoint_path):
+            read_checkpoint_header(checkpoint_path, field="checkpoint_path")
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                                strict=strict, weights_only=True, **kwargs)
+
     def on_fit_start(self) -> None:
         # from_pretrained returns a model in eval mode and Lightning keeps each submodule's mode, so a
         # loaded model would fine-tune with dropout off. transformers.Trainer calls model.train(); so do

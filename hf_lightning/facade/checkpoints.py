@@ -106,15 +106,13 @@ def save_model(trainer: Any, output_dir: str | None) -> None:
 
 
 def load_best_model(trainer: Any) -> None:
-    """``load_best_model_at_end``: the best checkpoint's weights back into ``trainer.model``."""
-    from transformers.modeling_utils import load_state_dict as hf_load
+    """``load_best_model_at_end``: the best checkpoint's weights back into ``trainer.model``, in every save
+    format (safetensors, .bin, sharded, PEFT adapter), completely or an error naming the keys."""
+    from hf_lightning.best_model import load_model_weights
 
     best = Path(trainer.state.best_model_checkpoint)
-    weights = best / "model.safetensors"
-    if not weights.is_file():
-        return
     logger.info("Loading best model from %s (score: %s)", best, trainer.state.best_metric)
-    trainer.model.load_state_dict(hf_load(str(weights)), strict=False)
+    load_model_weights(trainer.model, best)
 
 
 def keep_only_best(trainer: Any) -> None:

@@ -15,10 +15,12 @@ from transformers import TrainerState
 from transformers.trainer_utils import TrainOutput, speed_metrics
 
 from hf_lightning.callbacks.hf_bridge import HFCallbackBridge
+from hf_lightning.checkpoint_io_plugin import use_safe_loading
 from hf_lightning.errors import ConfigError
 from hf_lightning.facade import checkpoints
 from hf_lightning.facade.module import TrainerModule
 from hf_lightning.log import get_logger
+from hf_lightning.run_lock import RunLockCallback
 
 __all__ = ["build_module", "check_eval_setup", "train"]
 
@@ -54,20 +56,26 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
         trainer.optimizer, trainer.lr_scheduler = None, None
     trainer._bridge = HFCallbackBridge(trainer, drive=True)
     plan = lightning_trainer_kwargs(args, trainer.model, max_steps)
-    plan["callbacks"] = [trainer._bridge, *checkpoints.resume_callbacks(trainer), *trainer.lightning_callbacks,
+    run_lock = RunLockCallback(args.output_dir, "output_dir", keep_after_fit=True)  # one run per output_dir
+    plan["callbacks"] = [run_lock, trainer._bridge,
+                         *checkpoints.resume_callbacks(trainer), *trainer.lightning_callbacks,
                          *plan.get("callbacks", [])]
     trainer._pl_trainer = pl.Trainer(**plan)
+    use_safe_loading(trainer._pl_trainer)  # resume_from_checkpoint never unpickles code
     trainer.callback_handler.model = trainer.model
     _log_start(trainer, train_loader, max_steps, resume_dir)
     trainer.is_in_train = True
     start = time.time()
     ckpt_path = str(Path(resume_dir) / checkpoints.LIGHTNING_CKPT) if resume_dir else None
     try:
-        trainer._pl_trainer.fit(trainer._module, train_dataloaders=train_loader, ckpt_path=ckpt_path)
+        try:
+            trainer._pl_trainer.fit(trainer._module, train_dataloaders=train_loader, ckpt_path=ckpt_path)
+        finally:
+            trainer.is_in_train = False
+        trainer.state = trainer._bridge.host.state
+        return _finish(trainer, start, len(train_loader.dataset), max_steps)
     finally:
-        trainer.is_in_train = False
-    trainer.state = trainer._bridge.host.state
-    return _finish(trainer, start, len(train_loader.dataset), max_steps)
+        run_lock.release()  # after the best model is reloaded and the folder pruned
 
 
 def check_eval_setup(trainer: Any) -> None:

@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Trainer": "hf_lightning.trainer",
     "TrainingArguments": "hf_lightning.args",
+    "Seq2SeqTrainer": "hf_lightning.seq2seq_trainer",
+    "Seq2SeqTrainingArguments": "hf_lightning.seq2seq_trainer",
     "HFCallbacks": "hf_lightning.callbacks.hf_bridge",
     "HFLightningModule": "hf_lightning.module",
     "HFDataModule": "hf_lightning.data",

@@ -102,16 +102,34 @@ class TrainingArguments(transformers.TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow an output_dir that already holds checkpoints of another run."}
     )
-    accelerator: str = field(default="auto", metadata={"help": "Lightning accelerator: auto, cpu, gpu, ..."})
-    devices: Any = field(default="auto", metadata={"help": "Lightning devices: a count, a list, or auto."})
-    num_nodes: int = field(default=1, metadata={"help": "Number of machines (torchrun/SLURM set the rest)."})
-    strategy: str | None = field(default=None, metadata={"help": "Lightning strategy name (ddp, ...)."})
-    lightning_trainer_kwargs: dict | None = field(
-        default=None, metadata={"help": "Extra keyword arguments for lightning.Trainer."}
+    # The Lightning-only fields are typed as HfArgumentParser can read them from a command line, a JSON
+    # or a YAML file: one type per field (``devices`` is a ``str`` there and normalised below, a dict
+    # field is ``dict | str`` and decoded from JSON text by HF's ``_VALID_DICT_FIELDS`` pass).
+    accelerator: str = field(
+        default="auto", metadata={"help": "Lightning-only. Lightning accelerator: auto, cpu, gpu, mps, ..."}
+    )
+    devices: str = field(
+        default="auto",
+        metadata={"help": 'Lightning-only. Devices per machine: a count ("2"), ids ("0,1" or "[0, 1]") or "auto". '
+                          "Python callers may also pass an int or a list."},
+    )
+    num_nodes: int = field(
+        default=1, metadata={"help": "Lightning-only. Number of machines (torchrun/SLURM set the rest)."}
+    )
+    strategy: str | None = field(
+        default=None, metadata={"help": "Lightning-only. Lightning strategy name (ddp, fsdp, deepspeed, ...)."}
+    )
+    lightning_trainer_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Lightning-only. Extra keyword arguments for lightning.Trainer (a dict, or JSON text "
+                          "on the command line)."},
     )
     stop_on_nonfinite_loss: int | None = field(
-        default=None, metadata={"help": "Stop after this many optimizer steps in a row with a non-finite loss."}
+        default=None,
+        metadata={"help": "Lightning-only. Stop after this many optimizer steps in a row with a non-finite loss."},
     )
+
+    _VALID_DICT_FIELDS = [*transformers.TrainingArguments._VALID_DICT_FIELDS, "lightning_trainer_kwargs"]
 
     def __post_init__(self) -> None:
         if self.evaluation_strategy is not None:
@@ -129,6 +147,7 @@ class TrainingArguments(transformers.TrainingArguments):
             )
         if self.output_dir is None:
             self.output_dir = "trainer_output"
+        self.devices = _parse_devices(self.devices)
         self._warn_no_effect()  # before HF converts dicts into config objects
         deepspeed = self.deepspeed
         if deepspeed:
@@ -182,6 +201,18 @@ class TrainingArguments(transformers.TrainingArguments):
             if value not in (default, None, False, [], {}, "") and value != default:
                 _warn_once(f"no-effect:{name}", f"TrainingArguments.{name} has no effect on hf_lightning: {reason}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """HF's ``to_dict`` (what ``to_json_string``, loggers and ``training_args.bin`` readers see).
+
+        The Lightning-only dict field is kept as a dict, so ``parse_dict``/``parse_json_file`` read the
+        output back into equal arguments.
+        """
+        out = super().to_dict()
+        out.pop("evaluation_strategy", None)  # a mirror of eval_strategy for old scripts; reading it back warns
+        if isinstance(self.lightning_trainer_kwargs, dict):
+            out["lightning_trainer_kwargs"] = dict(self.lightning_trainer_kwargs)
+        return out
+
     # ---- devices: read, never set up (Lightning's strategy owns torch.distributed) ----
     @cached_property
     def _setup_devices(self) -> torch.device:
@@ -217,3 +248,20 @@ class TrainingArguments(transformers.TrainingArguments):
     @property
     def local_process_index(self) -> int:
         return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _parse_devices(value: Any) -> Any:
+    """``devices`` as Lightning takes it: "auto", an int count, or a list of ids (command-line text too)."""
+    if not isinstance(value, str):
+        return list(value) if isinstance(value, tuple) else value
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if text.startswith("[") or "," in text:
+        try:
+            return [int(v) for v in text.strip("[]").split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(
+                "devices", f"cannot read {value!r} as device ids", 'use a count ("2"), ids ("0,1") or "auto"'
+            ) from None
+    return text

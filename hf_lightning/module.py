@@ -225,10 +225,10 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
             return
         trainer = attached_trainer(self)
         strategy = trainer.strategy if trainer is not None else None
-        if strategy is not None and type(strategy).__name__ == "ModelParallelStrategy":
-            from hf_lightning.strategies import fully_shard_hf_model
+        if isinstance(strategy, pl.strategies.ModelParallelStrategy):
+            from hf_lightning.strategies import shard_for_strategy
 
-            fully_shard_hf_model(self.model, mesh=self.device_mesh["data_parallel"])
+            shard_for_strategy(self.model, strategy, mesh=self.device_mesh["data_parallel"])
         self._sharded = True
         if self.torch_compile:
             self._forward_model = torch.compile(self.model)
@@ -383,7 +383,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         """
         directory = Path(directory)
         trainer = attached_trainer(self)
-        sharded = trainer is not None and type(trainer.strategy).__name__ == "ModelParallelStrategy"
+        sharded = trainer is not None and isinstance(trainer.strategy, pl.strategies.ModelParallelStrategy)
         state_dict = None
         if sharded:
             from hf_lightning.strategies import export_full_state_dict

@@ -71,3 +71,41 @@ def test_facade_ddp_under_torchrun_and_fsdp_from_training_arguments(tmp_path: Pa
             assert run["eval"][key] == pytest.approx(single["eval"][key], abs=1e-5), key
     w_single, w_fsdp = _weights(single["export"]), _weights(fsdp["export"])
     assert max((w_single[k] - w_fsdp[k]).abs().max().item() for k in w_single) <= 1e-5
+    # The defaults the option tests below change: one unit per _no_split_modules class, resharded after forward, no offload.
+    assert fsdp["sharding"]["wrapped"] == ["BertEmbeddings", "BertLayer"]
+    assert fsdp["sharding"]["sharded_after_forward"] is True
+    assert not any(fsdp["sharding"]["offloaded"])
+
+
+# ------------------------------------------------- FSDP options reach fully_shard (FSDP2 on CPU, facade)
+
+
+@pytest.fixture(scope="module")
+def facade_ddp(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The 2-process DDP run every FSDP variant must match (the same data, model and seed)."""
+    return _run("facade-ddp", 2, tmp_path_factory.mktemp("facade-ddp"))
+
+
+def _fsdp_variant(variant: str, tmp_path: Path, ddp: dict) -> dict:
+    run = _run(f"facade-{variant}", 2, tmp_path)
+    assert len(run["losses"]) == 4
+    assert run["losses"] == pytest.approx(ddp["losses"], abs=1e-5)
+    return run["sharding"]
+
+
+def test_fsdp_offload_gives_units_a_cpu_offload_policy(tmp_path: Path, facade_ddp: dict) -> None:
+    sharding = _fsdp_variant("fsdp-offload", tmp_path, facade_ddp)
+    assert sharding["offloaded"] and all(sharding["offloaded"])
+    assert sharding["devices"] == ["cpu"]
+
+
+def test_fsdp_shard_grad_op_keeps_weights_gathered_after_forward(tmp_path: Path, facade_ddp: dict) -> None:
+    sharding = _fsdp_variant("fsdp-shard_grad_op", tmp_path, facade_ddp)
+    assert sharding["sharded_after_forward"] is False
+    assert not any(sharding["offloaded"])
+
+
+def test_fsdp_transformer_layer_cls_to_wrap_picks_the_units(tmp_path: Path, facade_ddp: dict) -> None:
+    sharding = _fsdp_variant("fsdp-layers", tmp_path, facade_ddp)
+    assert sharding["wrapped"] == ["BertAttention", "BertIntermediate"]
+    assert sharding["sharded_after_forward"] is True

@@ -22,6 +22,7 @@ from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassificat
 
 from hf_lightning.errors import ConfigError
 from hf_lightning.strategies import (
+    FSDP2Strategy,
     build_strategy,
     export_full_state_dict,
     fsdp_options,
@@ -466,6 +467,26 @@ def test_fsdp_on_cpu_is_model_parallel(bert) -> None:
     assert strategy._data_parallel_size == 2
     assert strategy._tensor_parallel_size == 1
     assert strategy.process_group_backend == "gloo"
+
+
+def test_fsdp_on_cpu_carries_the_options_fully_shard_needs(bert) -> None:
+    """offload, shard_grad_op and the layer classes reach configure_model on the strategy (see the 2-process
+    tests in test_distributed.py for their effect on the sharded model)."""
+    default = build_strategy(fsdp="full_shard auto_wrap", accelerator="cpu", devices=2, model=bert)
+    assert isinstance(default, FSDP2Strategy)
+    assert default.fsdp_options.reshard_after_forward and not default.fsdp_options.cpu_offload
+    assert default.fsdp_options.transformer_layer_cls_to_wrap is None
+    strategy = build_strategy(
+        fsdp="shard_grad_op auto_wrap offload",
+        fsdp_config={"transformer_layer_cls_to_wrap": ["BertAttention"]},
+        accelerator="cpu",
+        devices=2,
+        model=bert,
+    )
+    assert isinstance(strategy, FSDP2Strategy)
+    assert strategy.fsdp_options.cpu_offload is True
+    assert strategy.fsdp_options.reshard_after_forward is False
+    assert strategy.fsdp_options.transformer_layer_cls_to_wrap == ["BertAttention"]
 
 
 def test_hybrid_shard_on_cpu_rejected(bert) -> None:

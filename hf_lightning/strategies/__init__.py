@@ -15,14 +15,21 @@ Two facts about the pinned versions shape the design:
 
 Files: ``config.py`` (JSON/boolean readers), ``devices.py`` (what hardware a run asks for),
 ``precision.py``, ``deepspeed.py``, ``fsdp_options.py`` (``FSDPOptions``), ``fsdp.py`` (sharding and the
-FSDP strategies), ``ddp.py`` (DDP and process-group helpers), ``build.py`` (``build_strategy``).
+FSDP strategies), ``fsdp2.py`` (``FSDP2Strategy``), ``ddp.py`` (DDP and process-group helpers),
+``build.py`` (``build_strategy``).
 """
 
 from hf_lightning.strategies.build import build_strategy
 from hf_lightning.strategies.config import load_json_config
 from hf_lightning.strategies.ddp import DDP_BACKENDS, destroy_process_group_at_exit
 from hf_lightning.strategies.deepspeed import resolve_deepspeed_config
-from hf_lightning.strategies.fsdp import export_full_state_dict, fully_shard_hf_model, save_full_pretrained
+from hf_lightning.strategies.fsdp import (
+    export_full_state_dict,
+    fully_shard_hf_model,
+    save_full_pretrained,
+    shard_for_strategy,
+)
+from hf_lightning.strategies.fsdp2 import FSDP2Strategy
 from hf_lightning.strategies.fsdp_options import FSDP_CONFIG_KEYS, FSDP_OPTIONS, FSDPOptions, fsdp_options
 from hf_lightning.strategies.precision import precision_from_flags
 
@@ -30,6 +37,7 @@ __all__ = [
     "DDP_BACKENDS",
     "FSDP_CONFIG_KEYS",
     "FSDP_OPTIONS",
+    "FSDP2Strategy",
     "FSDPOptions",
     "build_strategy",
     "destroy_process_group_at_exit",
@@ -40,4 +48,5 @@ __all__ = [
     "precision_from_flags",
     "resolve_deepspeed_config",
     "save_full_pretrained",
+    "shard_for_strategy",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "fsdp2_strategy",
     "fully_shard_hf_model",
     "save_full_pretrained",
+    "shard_for_strategy",
 ]
 
 
@@ -112,8 +113,11 @@ def fully_shard_hf_model(
     transformers uses for device maps. A block that owns a weight tied elsewhere (a tied input embedding)
     is left to the root unit, since FSDP refuses to split a shared parameter. Safe to call twice (Lightning
     may call ``configure_model`` again): an already sharded model is returned unchanged. ``mesh`` may be
-    1-D or Lightning's ModelParallelStrategy mesh; ``offload`` keeps parameters on CPU between uses (a no-op
-    in spirit on CPU runs, so it is ignored there). Collective: every rank must call it.
+    1-D or Lightning's ModelParallelStrategy mesh. ``offload`` gives every unit a ``CPUOffloadPolicy``:
+    parameters, gradients and the optimizer step stay on the CPU between uses (pinned memory only when
+    a GPU is in use; on a CPU run the policy is applied all the same, it just saves no device memory).
+    ``reshard_after_forward=False`` keeps gathered weights until backward (HF's ``shard_grad_op``).
+    Collective: every rank must call it.
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
 
@@ -127,9 +131,7 @@ def fully_shard_hf_model(
         kwargs["mesh"] = mesh
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy
-    kwargs["offload_policy"] = (
-        CPUOffloadPolicy(pin_memory=True) if offload and not on_cpu else OffloadPolicy()
-    )
+    kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=not on_cpu) if offload else OffloadPolicy()
     # Children before parents, so a nested block is sharded before the block around it.
     for _, module in reversed(list(model.named_modules())):
         if module is not model and isinstance(module, tuple(classes)) and not isinstance(module, FSDPModule):
@@ -218,15 +220,41 @@ def fsdp1_strategy(
 
 
 def fsdp2_strategy(options: FSDPOptions, world_size: int, timeout: timedelta, backend: str | None) -> Strategy:
-    """FSDP2 for CPU runs: ``ModelParallelStrategy`` over all processes; the module shards in ``configure_model``."""
+    """FSDP2 for CPU runs: :class:`FSDP2Strategy` over all processes; the module shards in ``configure_model``."""
     if options.sharding_strategy not in ("FULL_SHARD", "SHARD_GRAD_OP"):
         raise ConfigError(
             "fsdp",
             f"{options.sharding_strategy.lower()} is not available on CPU (FSDP2)",
             "use full_shard or shard_grad_op",
         )
-    from lightning.pytorch.strategies import ModelParallelStrategy
+    from hf_lightning.strategies.fsdp2 import FSDP2Strategy
 
-    return ModelParallelStrategy(
-        data_parallel_size=world_size, tensor_parallel_size=1, timeout=timeout, process_group_backend=backend
+    return FSDP2Strategy(
+        options,
+        data_parallel_size=world_size,
+        tensor_parallel_size=1,
+        timeout=timeout,
+        process_group_backend=backend,
     )
+
+
+def shard_for_strategy(model: nn.Module, strategy: Strategy, mesh: DeviceMesh | None = None) -> nn.Module:
+    """FSDP2-shard ``model`` the way ``strategy`` asks (call from ``configure_model``; collective).
+
+    An :class:`~hf_lightning.strategies.fsdp2.FSDP2Strategy` (what ``fsdp=...`` builds on CPU) carries
+    HF's options: the layer classes to wrap, CPU offload and reshard-after-forward. A plain
+    ``ModelParallelStrategy`` (e.g. named in a LightningCLI config) gets the defaults: one unit per
+    ``_no_split_modules`` block, full resharding, no offload.
+    """
+    from hf_lightning.strategies.fsdp2 import FSDP2Strategy
+
+    if isinstance(strategy, FSDP2Strategy):
+        options = strategy.fsdp_options
+        return fully_shard_hf_model(
+            model,
+            mesh=mesh if mesh is not None else strategy.device_mesh,
+            layer_cls_names=options.transformer_layer_cls_to_wrap,
+            offload=options.cpu_offload,
+            reshard_after_forward=options.reshard_after_forward,
+        )
+    return fully_shard_hf_model(model, mesh=mesh)

@@ -86,7 +86,7 @@ def facade(out: str, world: int, parallel: str) -> None:
     config = {k: v for k, v in tiny_bert_config(len(tok)).items() if k != "model_type"}
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(transformers.BertConfig(**config, num_labels=2))
-    extra = {"fsdp": "full_shard auto_wrap"} if parallel == "fsdp" else {}
+    extra = FSDP_VARIANTS.get(parallel, {})
     args = TrainingArguments(
         output_dir=str(Path(out).parent / f"facade-{parallel}"), per_device_train_batch_size=4 // world, max_steps=4,
         learning_rate=1e-3, train_sampling_strategy="sequential", logging_steps=1, save_strategy="steps", save_steps=4,
@@ -103,10 +103,45 @@ def facade(out: str, world: int, parallel: str) -> None:
                       processing_class=tok, compute_metrics=compute_metrics)
     trainer.train()
     metrics = trainer.evaluate()
+    sharding = _sharding_state(trainer.model, data, tok) if parallel.startswith("fsdp") else None
     if trainer.is_world_process_zero():
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         torch.save({"losses": losses, "export": str(Path(args.output_dir) / "checkpoint-4"), "eval": metrics,
-                    "eval_labels": seen["labels"], "labels": list(data["labels"][:9])}, out)
+                    "eval_labels": seen["labels"], "labels": list(data["labels"][:9]), "sharding": sharding}, out)
+
+
+# TrainingArguments for each FSDP variant the facade tests run (fsdp -> FSDP2 on CPU).
+FSDP_VARIANTS = {
+    "fsdp": {"fsdp": "full_shard auto_wrap"},
+    "fsdp-offload": {"fsdp": "full_shard auto_wrap offload"},
+    "fsdp-shard_grad_op": {"fsdp": "shard_grad_op auto_wrap"},
+    "fsdp-layers": {"fsdp": "full_shard auto_wrap",
+                    "fsdp_config": {"transformer_layer_cls_to_wrap": ["BertAttention", "BertIntermediate"]}},
+}
+
+
+def _sharding_state(model, data, tok) -> dict:
+    """What FSDP2 did with the model: the wrapped classes, the offload flags, and whether a block's
+    weights stay gathered after a forward (reshard_after_forward=False) or go back to shards (DTensors)."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    from hf_lightning.data import build_collator
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    # torch keeps a unit's offload setting on its private parameter group; read it from there.
+    offloaded = [p.offload_to_cpu for m in units for p in m._get_fsdp_state()._fsdp_param_group.fsdp_params]
+    for unit in units:
+        unit.reshard()
+    batch = build_collator("sequence-classification", tok)([data[i] for i in range(2)])
+    model(**batch)  # a forward with autograd on, without its backward
+    query = model.bert.encoder.layer[0].attention.self.query.weight  # in a block unit, never the root
+    return {
+        "wrapped": sorted({type(m).__name__.removeprefix("FSDP") for m in units if m is not model}),
+        "offloaded": offloaded,
+        "devices": sorted({p.device.type for p in model.parameters()}),
+        "sharded_after_forward": isinstance(query, DTensor),
+    }
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ def test_thousands_of_steps_keep_memory_fds_history_and_disk_flat(cls_dataset, d
     warm = saves // 5  # allocator pools, lazily imported modules and caches settle in the first fifth
     settled, end = sorted(probe.rss[warm:warm + 10]), sorted(probe.rss[-10:])
     growth = end[5] - settled[5]  # medians, so one transient peak does not decide
+    print(f"soak {STEPS} steps: RSS {settled[5]:.1f} -> {end[5]:.1f} MB after warm-up (min {min(probe.rss):.1f},"
+          f" max {max(probe.rss):.1f}); open fds {probe.fds[warm]} -> {probe.fds[-1]}; log_history {len(trainer.state.log_history)}")
     assert growth < 25, f"resident memory grew {growth:.1f} MB over {saves - warm} checkpoints: {probe.rss[::10]}"
     assert max(probe.fds[warm:]) <= probe.fds[warm] + 2, f"open file descriptors grew: {probe.fds[::10]}"
 

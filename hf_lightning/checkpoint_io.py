@@ -67,22 +67,24 @@ class CheckpointWriteError(OSError):
 
     One line says which folder and why; nothing of the failed write is left behind and what was in
     place before (earlier checkpoints, an earlier export under the same name) is untouched. Keeps the
-    underlying ``errno`` so that code catching ``OSError`` keeps working.
+    underlying ``errno`` so that code catching ``OSError`` keeps working; built by :func:`write_failure`
+    (the constructor is ``OSError``'s, so the error pickles across processes, e.g. out of a Ray trial).
     """
-
-    def __init__(self, target: Path, cause: OSError) -> None:
-        self.target = target
-        reason = cause.strerror or str(cause) or type(cause).__name__
-        where = f" while writing {Path(cause.filename).name}" if cause.filename else ""
-        super().__init__(
-            cause.errno,
-            f"could not write {target}: {reason}{where}. Nothing of it was kept and the earlier contents of "
-            f"{target.parent} are intact. Fix: free space on that disk (or raise the file size limit), then resume "
-            "with resume_from_checkpoint=True (or ckpt_path='last')",
-        )
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+def write_failure(target: Path, cause: OSError) -> CheckpointWriteError:
+    """The one-line :class:`CheckpointWriteError` for a failed write of the folder ``target``."""
+    reason = cause.strerror or str(cause) or type(cause).__name__
+    where = f" while writing {Path(cause.filename).name}" if cause.filename else ""
+    return CheckpointWriteError(
+        cause.errno,
+        f"could not write {target}: {reason}{where}. Nothing of it was kept and the earlier contents of "
+        f"{target.parent} are intact. Fix: free space on that disk (or raise the file size limit), then resume "
+        "with resume_from_checkpoint=True (or ckpt_path='last')",
+    )
 
 
 # ---------------------------------------------------------------------------- fsync helpers
@@ -214,7 +216,7 @@ def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = Non
         cause = _os_error(err)
         if cause is None or isinstance(err, CheckpointWriteError):
             raise
-        raise CheckpointWriteError(final, cause) from err
+        raise write_failure(final, cause) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -122,6 +122,7 @@ def test_full_disk_during_the_hf_export_keeps_the_previous_export(tmp_path: Path
 def test_a_failed_write_leaves_the_old_folder_and_no_temporary(tmp_path: Path) -> None:
     """The same guarantee without a subprocess: an ENOSPC raised mid-write (as a full file system raises it)."""
     import errno
+    import pickle
 
     final = tmp_path / "checkpoint-3"
     with atomic_directory(final) as tmp:
@@ -133,6 +134,7 @@ def test_a_failed_write_leaves_the_old_folder_and_no_temporary(tmp_path: Path) -
     except CheckpointWriteError as err:
         assert err.errno == errno.ENOSPC and "\n" not in str(err)
         assert str(err).startswith(f"could not write {final}: No space left on device while writing b.pt")
+        assert str(pickle.loads(pickle.dumps(err))) == str(err), "travels between processes (Ray trials, spawn)"
     else:
         raise AssertionError("the failed write was not reported")
     assert torch.load(final / "a.pt")["w"].tolist() == [1.0, 1.0]

@@ -20,6 +20,7 @@ from hf_lightning.callbacks.resume import ExactResumeCallback
 from hf_lightning.checkpoint_io import CheckpointWriteError
 from hf_lightning.data import HFDataModule
 from hf_lightning.errors import ConfigError
+from hf_lightning.log import show_info_by_default
 from hf_lightning.module import HFLightningModule
 from hf_lightning.run_lock import RunLockCallback
 from hf_lightning.safe_load import read_checkpoint_header
@@ -183,6 +184,7 @@ def main(args: list[str] | None = None) -> None:
 
 def run_cli(args: list[str] | None = None) -> HFLightningCLI:
     """Build and run the CLI; returns it so tests and notebooks can inspect the trainer and model."""
+    show_info_by_default()  # an application: the package's information shows, as Lightning's own does
     try:
         return HFLightningCLI(
             HFLightningModule,

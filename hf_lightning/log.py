@@ -6,6 +6,10 @@ settings that cannot take effect, as in transformers. ``set_verbosity_from_args`
 or replica) is set on this package's logger and on transformers' (``args.get_process_log_level()``);
 ``"passive"`` leaves the package logger's level as it is.
 
+The ``hf-lightning`` command is an application: it shows the package's information (as Lightning
+shows its own) unless a level was set (``show_info_by_default``). As a library, the package stays at
+Python's default (warnings and above) until ``log_level`` or the application says otherwise.
+
 Without any logging configuration, records at or above the package logger's level are printed to
 stderr (like transformers' and Lightning's loggers); once the application configures the root
 logger (``logging.basicConfig``, pytest's ``caplog``), records only propagate to it, so nothing is
@@ -18,7 +22,7 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["get_logger", "set_verbosity_from_args"]
+__all__ = ["get_logger", "log_on_rank_zero", "set_verbosity_from_args", "show_info_by_default"]
 
 ROOT_NAME = "hf_lightning"
 
@@ -28,7 +32,7 @@ class _FallbackHandler(logging.StreamHandler):
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
-        self.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
+        self.setFormatter(logging.Formatter("%(message)s"))  # plain lines, as Lightning prints its own
 
     def emit(self, record: logging.LogRecord) -> None:
         if not logging.getLogger().handlers:
@@ -63,3 +67,17 @@ def set_verbosity_from_args(args: Any) -> int:
     if str(getattr(choice, "value", choice)) != "passive":
         _root.setLevel(level)
     return level
+
+
+def show_info_by_default() -> None:
+    """Let the package's information through (INFO) unless its level was already set; for applications."""
+    if _root.level == logging.NOTSET:
+        _root.setLevel(logging.INFO)
+
+
+def log_on_rank_zero(logger: logging.Logger, level: int, message: str, *args: Any) -> None:
+    """Log on the global-zero process only (the others would repeat the same line), as Lightning's rank-zero helpers."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        logger.log(level, message, *args)

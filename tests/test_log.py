@@ -73,3 +73,35 @@ def test_training_reports_through_the_package_logger(tmp_path, cls_dataset, demo
             processing_class=demo_tokenizer).train()
     messages = [r.getMessage() for r in caplog.records if r.name == "hf_lightning.facade.fit"]
     assert "***** Running training *****" in messages and "  Num examples = 40" in messages, messages
+
+
+def test_the_cli_shows_the_package_information_unless_a_level_was_set(monkeypatch) -> None:
+    from hf_lightning.cli import run_cli
+
+    for preset, expected in ((logging.NOTSET, logging.INFO), (logging.ERROR, logging.ERROR)):
+        get_logger().setLevel(preset)
+        with pytest.raises(SystemExit):
+            run_cli(["--help"])
+        assert get_logger().level == expected
+
+
+def test_callback_information_goes_through_the_package_logger(tmp_path, demo_assets, caplog) -> None:
+    import lightning.pytorch as pl
+
+    from hf_lightning import HFDataModule, HFLightningModule
+    from hf_lightning.callbacks.hf_export import HFExportCallback
+    from tests.conftest import tiny_bert_config
+
+    get_logger().setLevel(logging.INFO)
+    caplog.set_level(logging.NOTSET)
+    data = HFDataModule(dataset="demo:sentiment", tokenizer="demo:tokenizer", batch_size=8, max_length=32,
+                        max_train_samples=16, max_eval_samples=8)
+    model = HFLightningModule(model=tiny_bert_config().to_dict(), num_labels=2, vocab_size=data.vocab_size)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         use_distributed_sampler=False, default_root_dir=str(tmp_path),
+                         callbacks=[HFExportCallback(dirpath=str(tmp_path / "hf"))])
+    trainer.fit(model, datamodule=data)
+    saved = [r for r in caplog.records if r.name == "hf_lightning.callbacks.hf_export"]
+    assert [r.levelno for r in saved] == [logging.INFO]
+    assert saved[0].getMessage() == f"Saved the model in Hugging Face format to {(tmp_path / 'hf').resolve()}"

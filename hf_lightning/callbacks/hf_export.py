@@ -13,11 +13,13 @@ import contextlib
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info
 
 from hf_lightning.checkpoint_io import atomic_directory
+from hf_lightning.log import get_logger
 
 __all__ = ["HFExportCallback"]
+
+logger = get_logger(__name__)
 
 
 class HFExportCallback(pl.Callback):
@@ -46,4 +48,4 @@ class HFExportCallback(pl.Callback):
             written = pl_module.save_hf_pretrained(tmp if rank_zero else target, processing_class=tokenizer)
         self.saved_to = Path(target)
         if written is not None:
-            rank_zero_info(f"Saved the model in Hugging Face format to {Path(target).resolve()}")
+            logger.info("Saved the model in Hugging Face format to %s", Path(target).resolve())

@@ -36,6 +36,7 @@ a name ``ckpt_path="last"`` picks up when it is the newest ``last*`` checkpoint 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -48,15 +49,18 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hf_lightning.errors import ConfigError
 from hf_lightning.lightning_compat import request_graceful_stop
+from hf_lightning.log import get_logger, log_on_rank_zero
 
 __all__ = ["PreemptionCheckpoint"]
 
 _SUPPORTED = ("SIGTERM", "SIGINT")
+
+logger = get_logger(__name__)
 
 
 class PreemptionCheckpoint(pl.Callback):
@@ -166,9 +170,10 @@ class PreemptionCheckpoint(pl.Callback):
         self.saved_path = path
         # SystemExit without a code exits with status 0; a scheduler would take that for success.
         exception.code = 128 + int(received)
-        rank_zero_info(
-            f"Stopped by {received.name}: saved a checkpoint to {path}. Resume with ckpt_path={str(path)!r} "
-            "(or 'last' if it is the newest last*.ckpt in the ModelCheckpoint folder)."
+        log_on_rank_zero(
+            logger, logging.WARNING,
+            "Stopped by %s: saved a checkpoint to %s. Resume with ckpt_path=%r "
+            "(or 'last' if it is the newest last*.ckpt in the ModelCheckpoint folder).", received.name, path, str(path),
         )
 
     def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path:
@@ -191,9 +196,10 @@ class PreemptionCheckpoint(pl.Callback):
             return
         self.received_signal = signal.Signals(signum)
         if signum == signal.SIGINT:
-            rank_zero_info(
+            log_on_rank_zero(
+                logger, logging.WARNING,
                 "Ctrl-C: stopping after the current batch to save a checkpoint; press Ctrl-C again to stop at "
-                "once without one"
+                "once without one",
             )
         if self._trainer is not None and self._trainer.world_size <= 1:
             self._request_stop()

@@ -29,6 +29,7 @@ from transformers import (
     TrainerControl,
     TrainerState,
 )
+from transformers.trainer import Trainer as _HFTrainer
 from transformers.trainer_callback import CallbackHandler
 from transformers.trainer_utils import EvalLoopOutput, PredictionOutput, TrainOutput
 
@@ -299,11 +300,10 @@ class Trainer:
         save_state,
     )
 
-    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """HF's draft model card (README.md in output_dir), written by transformers' own implementation."""
-        import transformers
-
-        transformers.Trainer.create_model_card(self, *args, **kwargs)  # type: ignore[arg-type]
+    # HF's draft model card (README.md in output_dir), written by transformers' own implementation. Bound
+    # when this module is imported, so a script or test suite that later replaces ``transformers.Trainer``
+    # with this class does not make the call find itself (it recursed until RecursionError).
+    create_model_card = _HFTrainer.create_model_card
 
     def is_world_process_zero(self) -> bool:
         return self.accelerator.is_main_process

@@ -45,3 +45,15 @@ def test_readme_lists_every_reexport() -> None:
 def test_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Trainerr'"):
         hf_lightning.Trainerr  # noqa: B018
+
+
+def test_model_card_when_transformers_trainer_is_replaced(tmp_path, monkeypatch) -> None:
+    """Some suites run transformers' own scripts with ``transformers.Trainer = hf_lightning.Trainer``."""
+    from tests.conftest import tiny_bert_classifier
+
+    monkeypatch.setattr(transformers, "Trainer", hf_lightning.Trainer)
+    monkeypatch.setattr(transformers.trainer, "Trainer", hf_lightning.Trainer)
+    args = hf_lightning.TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = transformers.Trainer(model=tiny_bert_classifier(100), args=args)
+    trainer.create_model_card(finetuned_from="tiny-bert", tasks="text-classification")
+    assert "tiny-bert" in (tmp_path / "README.md").read_text()

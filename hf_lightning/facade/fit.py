@@ -17,7 +17,7 @@ from transformers.trainer_utils import TrainOutput, speed_metrics
 from hf_lightning.callbacks.hf_bridge import HFCallbackBridge
 from hf_lightning.checkpoint_io_plugin import use_safe_loading
 from hf_lightning.errors import ConfigError
-from hf_lightning.facade import checkpoints
+from hf_lightning.facade import checkpoints, loaders
 from hf_lightning.facade.module import TrainerModule
 from hf_lightning.log import get_logger
 from hf_lightning.run_lock import RunLockCallback
@@ -44,7 +44,13 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     if trial is not None:
         trainer._hp_search_setup(trial)
     train_loader = trainer.get_train_dataloader()
-    max_steps = total_optimizer_steps(args, len(train_loader))
+    batches = loaders.batches_per_epoch(train_loader)
+    if batches is None and (args.max_steps is None or args.max_steps <= 0):
+        raise ConfigError(  # HF's words, so scripts that match them keep working
+            "max_steps", f"args.max_steps must be set to a positive value if dataloader does not have a length, "
+            f"was {args.max_steps}", "set max_steps > 0 when training on an IterableDataset or a streamed dataset",
+        )
+    max_steps = total_optimizer_steps(args, batches or 0)
     trainer.state = TrainerState(stateful_callbacks=checkpoints.stateful_callbacks(trainer),
                                  train_batch_size=args.per_device_train_batch_size)
     trainer.current_flos = 0.0
@@ -73,7 +79,7 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
         finally:
             trainer.is_in_train = False
         trainer.state = trainer._bridge.host.state
-        return _finish(trainer, start, len(train_loader.dataset), max_steps)
+        return _finish(trainer, start, trainer.num_examples(train_loader) if batches is not None else 0, max_steps)
     finally:
         run_lock.release()  # after the best model is reloaded and the folder pruned
 
@@ -114,7 +120,8 @@ def _log_start(trainer: Any, loader: Any, max_steps: int, resume_dir: str | None
     """HF's "Running training" summary, at info level."""
     args = trainer.args
     logger.info("***** Running training *****")
-    logger.info("  Num examples = %s", f"{trainer.num_examples(loader):,}")
+    streamed = loaders.batches_per_epoch(loader) is None
+    logger.info("  Num examples = %s", "unknown (a stream)" if streamed else f"{trainer.num_examples(loader):,}")
     logger.info("  Instantaneous batch size per device = %s", args.per_device_train_batch_size)
     logger.info("  Gradient accumulation steps = %s", args.gradient_accumulation_steps)
     logger.info("  Total optimization steps = %s", f"{max_steps:,}")

@@ -6,12 +6,12 @@ import inspect
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from hf_lightning.data import build_dataloader
 from hf_lightning.errors import ConfigError
 
-__all__ = ["eval_dataloader", "remove_unused_columns", "train_dataloader"]
+__all__ = ["batches_per_epoch", "eval_dataloader", "remove_unused_columns", "train_dataloader"]
 
 
 def train_dataloader(trainer: Any) -> DataLoader:
@@ -20,6 +20,8 @@ def train_dataloader(trainer: Any) -> DataLoader:
     if trainer.train_dataset is None:
         raise ConfigError("train_dataset", "Trainer.train() needs a train_dataset", "pass train_dataset=...")
     _check_not_empty(trainer.train_dataset, "train_dataset")
+    if isinstance(trainer.train_dataset, IterableDataset):
+        return _iterable_dataloader(trainer, trainer.train_dataset, args.per_device_train_batch_size)
     dataset = trainer._remove_unused_columns(trainer.train_dataset)
     strategy = args.train_sampling_strategy
     return build_dataloader(
@@ -46,6 +48,8 @@ def eval_dataloader(trainer: Any, eval_dataset: Dataset | None = None) -> DataLo
     if dataset is None:
         raise ConfigError("eval_dataset", "evaluation needs an eval_dataset", "pass eval_dataset=... to Trainer")
     _check_not_empty(dataset, "eval_dataset")
+    if isinstance(dataset, IterableDataset):
+        return _iterable_dataloader(trainer, dataset, args.per_device_eval_batch_size)
     dataset = trainer._remove_unused_columns(dataset)
     return build_dataloader(
         dataset, args.per_device_eval_batch_size, trainer.data_collator, train=False,
@@ -53,12 +57,71 @@ def eval_dataloader(trainer: Any, eval_dataset: Dataset | None = None) -> DataLo
     )
 
 
+def batches_per_epoch(loader: DataLoader) -> int | None:
+    """``len(loader)``, or None for a stream (an ``IterableDataset`` has no length)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _iterable_dataloader(trainer: Any, dataset: IterableDataset, batch_size: int) -> DataLoader:
+    """HF's loader for an ``IterableDataset`` (also ``datasets`` streaming): the stream's own order, no sampler.
+
+    As in transformers, unused columns are dropped by the collator (a stream may not know its columns)
+    and, with several processes, each rank takes its share of every ``batch_size x world size`` rows
+    (transformers' ``IterableDatasetShard``, built when iteration starts: the process group exists only then).
+    """
+    from transformers.trainer_utils import RemoveColumnsCollator
+
+    args = trainer.args
+    collator = trainer.data_collator
+    if args.remove_unused_columns:
+        collator = RemoveColumnsCollator(collator, _signature_columns(trainer))
+    kwargs: dict[str, Any] = {}
+    if args.dataloader_num_workers > 0:
+        kwargs["persistent_workers"] = args.dataloader_persistent_workers
+        if args.dataloader_prefetch_factor is not None:
+            kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
+    return DataLoader(
+        _RankShard(dataset, batch_size, args.dataloader_drop_last), batch_size=batch_size, collate_fn=collator,
+        num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
+        **kwargs,
+    )
+
+
+class _RankShard(IterableDataset):
+    """This rank's rows of a stream, decided when iteration starts (one process: every row)."""
+
+    def __init__(self, dataset: IterableDataset, batch_size: int, drop_last: bool) -> None:
+        self.dataset, self.batch_size, self.drop_last = dataset, batch_size, drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)  # a shuffled datasets stream reshuffles per epoch, as under HF
+
+    def __iter__(self):
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            yield from self.dataset
+            return
+        from transformers.trainer_pt_utils import IterableDatasetShard
+
+        yield from IterableDatasetShard(self.dataset, self.batch_size, self.drop_last,
+                                        num_processes=dist.get_world_size(), process_index=dist.get_rank())
+
+
+def _signature_columns(trainer: Any) -> list[str]:
+    forward = getattr(trainer.model, "forward", trainer.model.__call__)
+    return [*inspect.signature(forward).parameters, "label", "label_ids", "labels", *trainer.label_names]
+
+
 def remove_unused_columns(trainer: Any, dataset: Any) -> Any:
     """HF's ``remove_unused_columns``: drop the columns the model's ``forward`` does not take."""
     if not trainer.args.remove_unused_columns or not hasattr(dataset, "column_names"):
         return dataset
-    forward = getattr(trainer.model, "forward", trainer.model.__call__)
-    keep = {*inspect.signature(forward).parameters, "label", "label_ids", "labels", *trainer.label_names}
+    keep = set(_signature_columns(trainer))
     unused = [c for c in dataset.column_names if c not in keep]
     if unused and len(unused) == len(dataset.column_names):
         raise ConfigError(

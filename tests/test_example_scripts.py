@@ -1,0 +1,110 @@
+"""HF-style example scripts run with one changed import line and leave what transformers leaves.
+
+Each script under ``tests/examples/`` is written for ``transformers``; the test runs it as written and
+again with its one ``from transformers import Trainer...`` line pointed at ``hf_lightning``, on a tiny
+local model and local data, with the same command line. Both runs must leave the same files in
+``output_dir`` (results JSONs, trainer state, model card, an HF-format model) and close metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # two subprocess runs per script
+
+EXAMPLES = REPO / "tests" / "examples"
+IMPORT_LINES = {
+    "run_classification.py": "from transformers import Trainer, TrainingArguments",
+    "run_summarization.py": "from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments",
+}
+COMMON = ["--do_train", "--do_eval", "--max_steps", "6", "--per_device_train_batch_size", "4",
+          "--per_device_eval_batch_size", "4", "--learning_rate", "5e-3", "--train_sampling_strategy", "sequential",
+          "--logging_steps", "2", "--save_steps", "3", "--use_cpu", "--report_to", "none", "--seed", "0"]
+# Files both trainers must write; the logger folders and optimizer internals are compared elsewhere.
+EXPECTED = {"train_results.json", "eval_results.json", "all_results.json", "trainer_state.json", "README.md",
+            "config.json", "model.safetensors", "training_args.bin", "tokenizer.json", "tokenizer_config.json"}
+
+
+def _run(tmp_path: Path, script: str, backend: str, argv: list[str]) -> Path:
+    source = (EXAMPLES / script).read_text()
+    line = IMPORT_LINES[script]
+    assert source.count(line) == 1
+    if backend == "hf_lightning":
+        source = source.replace(line, line.replace("from transformers", "from hf_lightning"))
+    path = tmp_path / f"{backend}_{script}"
+    path.write_text(source)
+    out = tmp_path / f"out_{backend}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(path), *argv, "--output_dir", str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def _compare(tmp_path: Path, script: str, argv: list[str], tolerance: float) -> dict[str, dict]:
+    outs = {backend: _run(tmp_path, script, backend, argv) for backend in ("transformers", "hf_lightning")}
+    files = {backend: {p.name for p in out.iterdir() if p.is_file()} for backend, out in outs.items()}
+    assert EXPECTED <= files["transformers"], files["transformers"]
+    assert EXPECTED <= files["hf_lightning"], files["hf_lightning"] - files["transformers"]
+    checkpoints = {backend: sorted(p.name for p in out.glob("checkpoint-*")) for backend, out in outs.items()}
+    assert checkpoints["hf_lightning"] == checkpoints["transformers"] == ["checkpoint-3", "checkpoint-6"]
+    results = {b: json.loads((out / "all_results.json").read_text()) for b, out in outs.items()}
+    assert set(results["hf_lightning"]) == set(results["transformers"])
+    for key in ("train_loss", "eval_loss"):
+        assert results["hf_lightning"][key] == pytest.approx(results["transformers"][key], abs=tolerance), key
+    states = {b: json.loads((out / "trainer_state.json").read_text()) for b, out in outs.items()}
+    assert states["hf_lightning"]["global_step"] == states["transformers"]["global_step"] == 6
+    for out in outs.values():  # a plain transformers process reloads what either trainer saved
+        assert transformers.AutoConfig.from_pretrained(out).architectures
+        assert "generated_from_trainer" in (out / "README.md").read_text()
+    return results
+
+
+def _tokenizer(demo_assets):
+    return transformers.AutoTokenizer.from_pretrained(demo_assets["tokenizer"])
+
+
+def test_text_classification_script(tmp_path: Path, demo_assets) -> None:
+    tokenizer = _tokenizer(demo_assets)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    argv = ["--model_name_or_path", str(tmp_path / "model"), "--train_file", demo_assets["train"],
+            "--validation_file", demo_assets["validation"], "--max_train_samples", "64", *COMMON]
+    results = _compare(tmp_path, "run_classification.py", argv, tolerance=1e-4)
+    assert results["hf_lightning"]["eval_accuracy"] == pytest.approx(results["transformers"]["eval_accuracy"], abs=1e-6)
+
+
+def test_summarization_script(tmp_path: Path, demo_assets) -> None:
+    tokenizer = _tokenizer(demo_assets)
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=len(tokenizer), d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2, dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.cls_token_id))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    words = "the film was good not bad great dull acting plot ending boring".split()
+    for split, n in (("train", 24), ("validation", 8)):  # eval batches full: Seq2SeqTrainer's loss weighting agrees
+        rows = [" ".join(words[(i * 5 + j) % len(words)] for j in range(4 + i % 5)) for i in range(n)]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(
+            json.dumps({"text": r, "summary": " ".join(r.split()[:2])}) for r in rows) + "\n")
+    argv = ["--model_name_or_path", str(tmp_path / "model"), "--train_file", str(tmp_path / "train.jsonl"),
+            "--validation_file", str(tmp_path / "validation.jsonl"), "--predict_with_generate", *COMMON]
+    results = _compare(tmp_path, "run_summarization.py", argv, tolerance=1e-4)
+    for key in ("eval_word_recall", "eval_gen_len"):
+        assert results["hf_lightning"][key] == pytest.approx(results["transformers"][key], abs=1e-6), key

@@ -15,6 +15,7 @@ from transformers import TrainerState
 from transformers.trainer_utils import TrainOutput, speed_metrics
 
 from hf_lightning.callbacks.hf_bridge import HFCallbackBridge
+from hf_lightning.callbacks.summary import format_train_metrics
 from hf_lightning.checkpoint_io_plugin import use_safe_loading
 from hf_lightning.errors import ConfigError
 from hf_lightning.facade import checkpoints
@@ -137,6 +138,9 @@ def _finish(trainer: Any, start: float, num_samples: int, max_steps: int) -> Tra
     metrics["total_flos"] = float(state.total_flos)
     metrics["train_loss"] = bridge.training_loss()
     trainer.log(metrics)
+    if not args.disable_tqdm and trainer.is_world_process_zero():
+        # HF's progress callback writes this line under its bar; with disable_tqdm HF's printer did.
+        print(format_train_metrics(metrics), flush=True)
     logger.info("Training completed: %d optimizer steps, train_loss %s", state.global_step, metrics["train_loss"])
     if args.load_best_model_at_end and state.best_model_checkpoint is not None:
         trainer._load_best_model()

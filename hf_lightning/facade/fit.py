@@ -21,6 +21,7 @@ from hf_lightning.errors import ConfigError
 from hf_lightning.facade import checkpoints
 from hf_lightning.facade.module import TrainerModule
 from hf_lightning.log import get_logger
+from hf_lightning.loggers import TrackerExtras, run_hyperparameters
 from hf_lightning.run_lock import RunLockCallback
 
 __all__ = ["build_module", "check_eval_setup", "train"]
@@ -61,6 +62,8 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     plan["callbacks"] = [run_lock, trainer._bridge,
                          *checkpoints.resume_callbacks(trainer), *trainer.lightning_callbacks,
                          *plan.get("callbacks", [])]
+    if plan["logger"]:  # HF's tracker integrations also log the arguments and (MLflow) the model
+        plan["callbacks"].append(TrackerExtras(run_hyperparameters(args, trainer.model), save_model=trainer.save_model))
     trainer._pl_trainer = pl.Trainer(**plan)
     use_safe_loading(trainer._pl_trainer)  # resume_from_checkpoint never unpickles code
     trainer.callback_handler.model = trainer.model

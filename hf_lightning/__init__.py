@@ -16,6 +16,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from hf_lightning.quiet import install_filters as _install_filters  # noqa: E402
+
+_install_filters()  # unused optional libraries print nothing into a run
+
 _EXPORTS = {
     "Trainer": "hf_lightning.trainer",
     "TrainingArguments": "hf_lightning.args",

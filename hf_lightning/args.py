@@ -157,6 +157,11 @@ class TrainingArguments(transformers.TrainingArguments):
 
             load_json_config(deepspeed, "deepspeed")
             self.deepspeed = None
+        if self.report_to == "all" or self.report_to == ["all"]:
+            # HF expands "all" to every installed integration it knows; keep the ones with a Lightning logger.
+            from hf_lightning.loggers import all_trackers
+
+            self.report_to = all_trackers()
         super().__post_init__()
         self.deepspeed = deepspeed
         # Older scripts read self.args.evaluation_strategy: keep the old name in step with the new one.

@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from hf_lightning.callbacks.hf_export import HFExportCallback
 from hf_lightning.callbacks.preemption import PreemptionCheckpoint
 from hf_lightning.callbacks.resume import ExactResumeCallback
+from hf_lightning.callbacks.summary import RunSummary
 from hf_lightning.checkpoint_io import CheckpointWriteError
 from hf_lightning.data import HFDataModule
 from hf_lightning.errors import ConfigError
@@ -26,6 +27,12 @@ from hf_lightning.run_lock import RunLockCallback
 from hf_lightning.safe_load import read_checkpoint_header
 
 __all__ = ["HFLightningCLI", "OneLineErrorParser", "check_tags_fit_model", "main", "run_cli"]
+
+DESCRIPTION = (
+    "Fine-tune and evaluate Hugging Face transformers (a model name, local folder or config dict) on "
+    "PyTorch Lightning from YAML configs (subcommands below). "
+    "Start with: hf-lightning fit --config configs/quickstart.yaml"
+)
 
 # Links: source on the data module -> target on the model. Targets are filled at instantiation;
 # writing them in YAML would be silently overridden, so we refuse it (see _check_link_targets).
@@ -195,12 +202,13 @@ def run_cli(args: list[str] | None = None) -> HFLightningCLI:
                 # Exact mid-epoch resume, a checkpoint on SIGTERM/Ctrl-C, and checkpoint files that a
                 # killed process can never leave half-written.
                 # One run per default_root_dir at a time (a second is refused in one line).
-                "callbacks": [RunLockCallback(), HFExportCallback(), ExactResumeCallback(), PreemptionCheckpoint()],
+                "callbacks": [RunLockCallback(), HFExportCallback(), ExactResumeCallback(), PreemptionCheckpoint(), RunSummary()],
                 "plugins": [{"class_path": "hf_lightning.checkpoint_io_plugin.AtomicCheckpointIO"}],
             },
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_class=OneLineErrorParser,
+            parser_kwargs={"prog": "hf-lightning", "description": DESCRIPTION},
             args=args,
         )
     except ConfigError as err:

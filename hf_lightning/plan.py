@@ -9,12 +9,12 @@ decisions at each optimizer step (that matched transformers.Trainer event for ev
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
 from hf_lightning.errors import ConfigError
+from hf_lightning.loggers import build_loggers
 
 __all__ = ["build_loggers", "lightning_trainer_kwargs", "total_optimizer_steps"]
 
@@ -28,43 +28,6 @@ def total_optimizer_steps(args: Any, batches_per_epoch: int) -> int:
                           "set num_train_epochs >= 1 or max_steps > 0")
     updates_per_epoch = max(math.ceil(batches_per_epoch / args.gradient_accumulation_steps), 1)
     return math.ceil(args.num_train_epochs * updates_per_epoch)
-
-
-def build_loggers(args: Any) -> list[Any]:
-    """``report_to`` names -> Lightning loggers (imported only when asked for)."""
-    from lightning.pytorch import loggers
-
-    names = args.report_to
-    if isinstance(names, str):
-        names = [names]
-    names = [n for n in (names or []) if n not in ("none", None)]
-    if "all" in names:
-        names = ["tensorboard", "csv"]
-    # Absolute, so that writers flushing in background threads after a later chdir (notebooks, tests)
-    # still reach the run's directory.
-    log_dir = str(Path(getattr(args, "logging_dir", None) or Path(args.output_dir) / "runs").resolve())
-    out = []
-    for name in names:
-        if name == "tensorboard":
-            out.append(loggers.TensorBoardLogger(save_dir=log_dir, name="", version=args.run_name or ""))
-        elif name == "csv":
-            out.append(loggers.CSVLogger(save_dir=log_dir, name="", version=args.run_name or ""))
-        elif name == "mlflow":
-            _require("mlflow", "loggers")
-            out.append(loggers.MLFlowLogger(run_name=args.run_name, save_dir=str(Path(args.output_dir, "mlruns").resolve())))
-        elif name == "wandb":
-            _require("wandb", "loggers")
-            out.append(loggers.WandbLogger(name=args.run_name, save_dir=str(Path(args.output_dir).resolve())))
-        else:
-            raise ConfigError("report_to", f"unknown logger {name!r}", "use tensorboard, csv, mlflow, wandb or none")
-    return out
-
-
-def _require(module: str, extra: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError("report_to", f"{module} is not installed", f"pip install 'hf-lightning[{extra}]'")
 
 
 def lightning_trainer_kwargs(args: Any, model: nn.Module | None, max_steps: int) -> dict[str, Any]:

@@ -36,7 +36,8 @@ def test_config_parses(config: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "model:" in out.out and "trainer:" in out.out
 
 
-def test_quickstart_end_to_end(tmp_path: Path, demo_assets: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quickstart_end_to_end(tmp_path: Path, demo_assets: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture) -> None:
     from hf_lightning.cli import run_cli
 
     monkeypatch.chdir(tmp_path)
@@ -48,6 +49,15 @@ def test_quickstart_end_to_end(tmp_path: Path, demo_assets: dict[str, str], monk
     assert cli.trainer.global_step == 8
     assert "eval_accuracy" in cli.model.last_eval_metrics
     export = next(tmp_path.rglob("hf_model"))
+    # The run ends by telling its result: one block with the held-out metrics and where things went.
+    printed = capsys.readouterr().out
+    summary = printed[printed.index("Run summary"):]
+    accuracy = cli.model.last_eval_metrics["eval_accuracy"]
+    assert f"eval_accuracy={accuracy:.4f}" in summary
+    assert f"best checkpoint:  {Path(cli.trainer.checkpoint_callback.best_model_path).resolve()}" in summary
+    assert f"Hugging Face model: {export.resolve()}" in summary
+    assert f"logs:             {Path(cli.trainer.log_dir).resolve()}" in summary
+    assert "wall time:" in summary and "Tip:" not in printed
     # The exported folder loads in a process that never imports hf_lightning.
     code = (
         "import sys, transformers\n"
@@ -101,3 +111,10 @@ def test_ckpt_path_resumes_fit_and_feeds_validate_test_predict(tmp_path: Path, d
     assert resumed.trainer.global_step == 3
     for subcommand in ("validate", "test", "predict"):
         run_cli([subcommand, *tiny, f"--ckpt_path={ckpt}"])
+
+
+def test_help_says_what_the_tool_is(tmp_path: Path) -> None:
+    out = _cli("--help", cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("usage: hf-lightning")
+    assert "Hugging Face transformers" in out.stdout and "Lightning Trainer command line tool" not in out.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 from pathlib import Path
@@ -193,3 +194,16 @@ def test_accelerator_sync_gradients_is_true_on_a_windows_last_micro_batch(cls_da
     Recording(model=tiny_bert_classifier(len(demo_tokenizer)), args=args, train_dataset=cls_dataset,
               processing_class=demo_tokenizer).train()
     assert seen == [False, False, True, False, False, True]
+
+
+def test_train_prints_its_metrics_in_one_line(cls_dataset, demo_tokenizer, tmp_path: Path, capsys) -> None:
+    """With the progress bar on, train() ends with HF's one-line metrics dict (as HF's progress callback)."""
+    trainer = Trainer(model=tiny_bert_classifier(len(demo_tokenizer)),
+                      args=_args(TrainingArguments, tmp_path, eval_strategy="no", max_steps=2, disable_tqdm=False),
+                      train_dataset=cls_dataset, processing_class=demo_tokenizer)
+    result = trainer.train()
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "train_runtime" in ln]
+    assert len(lines) == 1
+    shown = ast.literal_eval(lines[0][lines[0].index("{"):])
+    assert shown["train_loss"] == result.metrics["train_loss"] and shown["epoch"] == round(result.metrics["epoch"], 2)
+    assert "total_flos" not in shown

@@ -15,11 +15,13 @@ from transformers import TrainerState
 from transformers.trainer_utils import TrainOutput, speed_metrics
 
 from hf_lightning.callbacks.hf_bridge import HFCallbackBridge
+from hf_lightning.callbacks.summary import format_train_metrics
 from hf_lightning.checkpoint_io_plugin import use_safe_loading
 from hf_lightning.errors import ConfigError
 from hf_lightning.facade import checkpoints, loaders
 from hf_lightning.facade.module import TrainerModule
 from hf_lightning.log import get_logger
+from hf_lightning.loggers import TrackerExtras, run_hyperparameters
 from hf_lightning.run_lock import RunLockCallback
 
 __all__ = ["build_module", "check_eval_setup", "train"]
@@ -66,6 +68,8 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     plan["callbacks"] = [run_lock, trainer._bridge,
                          *checkpoints.resume_callbacks(trainer), *trainer.lightning_callbacks,
                          *plan.get("callbacks", [])]
+    if plan["logger"]:  # HF's tracker integrations also log the arguments and (MLflow) the model
+        plan["callbacks"].append(TrackerExtras(run_hyperparameters(args, trainer.model), save_model=trainer.save_model))
     trainer._pl_trainer = pl.Trainer(**plan)
     use_safe_loading(trainer._pl_trainer)  # resume_from_checkpoint never unpickles code
     trainer.callback_handler.model = trainer.model
@@ -144,6 +148,9 @@ def _finish(trainer: Any, start: float, num_samples: int, max_steps: int) -> Tra
     metrics["total_flos"] = float(state.total_flos)
     metrics["train_loss"] = bridge.training_loss()
     trainer.log(metrics)
+    if not args.disable_tqdm and trainer.is_world_process_zero():
+        # HF's progress callback writes this line under its bar; with disable_tqdm HF's printer did.
+        print(format_train_metrics(metrics), flush=True)
     logger.info("Training completed: %d optimizer steps, train_loss %s", state.global_step, metrics["train_loss"])
     if args.load_best_model_at_end and state.best_model_checkpoint is not None:
         trainer._load_best_model()

@@ -49,6 +49,9 @@ class TrainerModule(HFLightningModule):
     def __init__(self, host: Any, model: nn.Module, task: str, **kwargs: Any) -> None:
         super().__init__(model=model, task=task, **kwargs)
         object.__setattr__(self, "host", host)  # not a submodule: the facade is not part of the model
+        # The module's own init arguments are internal defaults here: trackers get TrainingArguments instead
+        # (hf_lightning.loggers.TrackerExtras), as under transformers (what save_hyperparameters(logger=False) sets).
+        self._log_hyperparams = False
         extra = {name: p for name, p in vars(host).items() if isinstance(p, nn.Parameter)}
         self.host_params = nn.ParameterDict(extra)
         self.host_modules = nn.ModuleDict(_trainable_host_modules(host, model))

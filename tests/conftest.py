@@ -31,6 +31,20 @@ def _session_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["HF_LIGHTNING_DEMO_DIR"] = str(tmp_path_factory.mktemp("demo_assets"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_warn_once() -> None:
+    """Each test sees the once-per-process warnings of ``TrainingArguments`` anew.
+
+    They are deliberately emitted once per process; without this reset, which test sees a warning
+    depends on the order tests ran in.
+    """
+    import sys
+
+    args = sys.modules.get("hf_lightning.args")
+    if args is not None:
+        args._WARNED.clear()
+
+
 @pytest.fixture(scope="session")
 def demo_assets(_session_env: None) -> dict[str, str]:
     from hf_lightning.demo.tokenizer import ensure_demo_assets

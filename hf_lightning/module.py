@@ -97,6 +97,9 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         preprocess_logits_for_metrics: (evaluation) HF's ``(logits, labels) -> smaller logits``.
         gradient_checkpointing: (scale-out) use the HF model's own (non-reentrant) gradient checkpointing.
         torch_compile: (scale-out) compile the model's forward with ``torch.compile``.
+        peft_config: (model) parameter-efficient fine-tuning: ``LoraConfig`` fields (``r``,
+            ``lora_alpha``, ``target_modules``, ``lora_dropout``; another method with ``peft_type``).
+            Only the adapters train; the HF export is an adapter folder (``hf_lightning/peft.py``).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         preprocess_logits_for_metrics: Callable[[Any, Any], Any] | None = None,
         gradient_checkpointing: bool = False,
         torch_compile: bool = False,
+        peft_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "host", "compute_metrics", "preprocess_logits_for_metrics"]
@@ -137,6 +141,10 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         self.spec = task_spec(task)
         self.num_labels = num_labels
         self.model = build_task_model(model, task, model_kwargs, num_labels, id2label, vocab_size, pad_token_id)
+        if peft_config:  # LoRA etc.: only the adapters train (hf_lightning/peft.py)
+            from hf_lightning.peft import apply_peft
+
+            self.model = apply_peft(self.model, peft_config, task)
         if gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
         if label_smoothing_factor and loss is None:

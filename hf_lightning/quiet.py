@@ -1,9 +1,9 @@
 """Keep messages that are not about the user's run out of it.
 
-Two libraries print into every run here without being asked: DeepSpeed, when it is installed but
+Libraries print into runs here without being asked: DeepSpeed, when it is installed but
 unused, announces on import (``save_pretrained`` imports it through accelerate) that it fell back
-to the CPU; Lightning advertises its cloud products twice per fit. Both are filtered by message on
-their own loggers, so every other warning from those libraries still reaches the user. Nothing here
+to the CPU; bitsandbytes, imported by peft, that an optional CPU kernel is missing; Lightning
+advertises its cloud products twice per fit. Each is filtered by message on its own logger, so every other warning from those libraries still reaches the user. Nothing here
 imports torch, Lightning or DeepSpeed: a filter on a logger that does not exist yet is kept when the
 library later creates and configures it.
 """
@@ -17,6 +17,8 @@ __all__ = ["NOISE", "install_filters"]
 # logger name -> message prefixes that carry no information about the run.
 NOISE: dict[str, tuple[str, ...]] = {
     "DeepSpeed": ("Setting accelerator to CPU",),
+    # bitsandbytes (pulled in by peft when installed) on a CPU without its optional kernels package.
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
     "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
     "lightning.fabric.utilities.rank_zero": ("💡 Tip:",),
 }

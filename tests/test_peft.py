@@ -1,0 +1,127 @@
+"""LoRA through both front doors: only adapters train, adapter folders load with peft, merge is exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_lightning.args import TrainingArguments
+from hf_lightning.trainer import Trainer
+from tests.conftest import tiny_bert_classifier
+
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"], "lora_dropout": 0.0}
+
+
+def _lora_model(vocab_size: int):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(tiny_bert_classifier(vocab_size), LoraConfig(task_type="SEQ_CLS", **LORA))
+
+
+def _frozen(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _args(out: Path, **overrides) -> TrainingArguments:
+    values = dict(output_dir=str(out), per_device_train_batch_size=8, max_steps=4, learning_rate=1e-2,
+                  save_strategy="steps", save_steps=2, report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+                  train_sampling_strategy="sequential")
+    return TrainingArguments(**{**values, **overrides})
+
+
+def test_facade_trains_only_adapters_and_saves_an_adapter_folder(cls_dataset, demo_tokenizer, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    model = _lora_model(len(demo_tokenizer))
+    frozen, trainable = _frozen(model), _trainable(model)
+    assert any("lora_" in n for n in trainable) and not any("lora_" in n for n in frozen)
+    trainer = Trainer(model=model, args=_args(tmp_path / "run"), train_dataset=cls_dataset, processing_class=demo_tokenizer)
+    trainer.train()
+    for name, value in _frozen(model).items():
+        assert torch.equal(value, frozen[name]), f"frozen base weight {name} changed"
+    assert all(not torch.equal(v, trainable[n]) for n, v in _trainable(model).items() if "lora_B" in n)
+    # Checkpoints hold the adapters (what PeftModel.save_pretrained writes), not a full model copy.
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    assert (checkpoint / "adapter_config.json").is_file() and (checkpoint / "adapter_model.safetensors").is_file()
+    assert not (checkpoint / "model.safetensors").exists()
+    trainer.save_model(str(tmp_path / "adapter"))
+    batch = dict(demo_tokenizer(list(cls_dataset["text"][:8]), return_tensors="pt", padding=True))
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        base = tiny_bert_classifier(len(demo_tokenizer))  # the same seed: the same base weights
+        reloaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+        torch.testing.assert_close(reloaded(**batch).logits, expected, rtol=0, atol=1e-6)
+        merged = reloaded.merge_and_unload()  # a plain transformers model with the adapters folded in
+        assert type(merged).__name__ == "BertForSequenceClassification"
+        torch.testing.assert_close(merged(**batch).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_facade_resume_with_lora_is_exact(cls_dataset, demo_tokenizer, tmp_path: Path) -> None:
+    straight = Trainer(model=_lora_model(len(demo_tokenizer)), args=_args(tmp_path / "a"), train_dataset=cls_dataset,
+                       processing_class=demo_tokenizer)
+    straight.train()
+    resumed = Trainer(model=_lora_model(len(demo_tokenizer)), args=_args(tmp_path / "b"), train_dataset=cls_dataset,
+                      processing_class=demo_tokenizer)
+    resumed.train()  # writes checkpoint-2 on the way; now continue a fresh model from it
+    again = Trainer(model=_lora_model(len(demo_tokenizer)), args=_args(tmp_path / "b"), train_dataset=cls_dataset,
+                    processing_class=demo_tokenizer)
+    again.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
+    for (name, a), b in zip(_trainable(straight.model).items(), _trainable(again.model).values()):
+        assert torch.equal(a, b), name
+
+
+def test_native_module_peft_config(demo_assets, task_files, tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from hf_lightning import HFDataModule, HFLightningModule
+    from tests.conftest import TINY_MODELS
+
+    data = HFDataModule(dataset="json", data_files=task_files["cls"], tokenizer=demo_assets["tokenizer"], batch_size=4)
+    module = HFLightningModule(model=TINY_MODELS["bert"], num_labels=data.num_labels, vocab_size=data.vocab_size,
+                               pad_token_id=data.pad_token_id, learning_rate=1e-2, peft_config=LORA)
+    frozen = _frozen(module.model)
+    trainable = _trainable(module.model)
+    assert set(trainable) == {n for n in trainable if "lora_" in n or "classifier" in n}
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
+                         use_distributed_sampler=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    for name, value in _frozen(module.model).items():
+        assert torch.equal(value, frozen[name]), f"frozen base weight {name} changed"
+    # The Lightning checkpoint holds the adapters; the HF export is an adapter folder.
+    (ckpt,) = tmp_path.rglob("*.ckpt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert any("lora_A" in k for k in state)
+    folder = module.save_hf_pretrained(tmp_path / "hf", processing_class=data.tokenizer)
+    assert (Path(folder) / "adapter_config.json").is_file()
+
+
+def test_peft_config_errors_are_one_line() -> None:
+    from hf_lightning import HFLightningModule
+    from hf_lightning.errors import ConfigError
+    from tests.conftest import TINY_MODELS
+
+    with pytest.raises(ConfigError, match="model.peft_config.*Fix: name modules the model has"):
+        HFLightningModule(model=TINY_MODELS["bert"], num_labels=2, vocab_size=100,
+                          peft_config={**LORA, "target_modules": ["c_attn"]})
+    with pytest.raises(ConfigError, match="peft_type.*unknown PEFT method 'NOPE'"):
+        HFLightningModule(model=TINY_MODELS["bert"], num_labels=2, vocab_size=100, peft_config={"peft_type": "nope"})
+
+
+def test_accumulation_with_lora_equals_one_big_batch(cls_dataset, demo_tokenizer, tmp_path: Path) -> None:
+    """4 micro-batches of 2 give the adapters of one batch of 8 (token-exact accumulation holds with LoRA)."""
+    runs = {}
+    for name, (batch, accumulation) in {"big": (8, 1), "accumulated": (2, 4)}.items():
+        trainer = Trainer(model=_lora_model(len(demo_tokenizer)), train_dataset=cls_dataset, processing_class=demo_tokenizer,
+                          args=_args(tmp_path / name, per_device_train_batch_size=batch, max_steps=3,
+                                     gradient_accumulation_steps=accumulation, save_strategy="no"))
+        trainer.train()
+        runs[name] = _trainable(trainer.model)
+    for name, value in runs["big"].items():
+        torch.testing.assert_close(runs["accumulated"][name], value, rtol=0, atol=1e-5, msg=name)

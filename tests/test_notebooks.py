@@ -22,7 +22,8 @@ TIMEOUT_PER_CELL = 300
 
 
 def test_notebooks_are_found() -> None:
-    assert {p.name for p in NOTEBOOKS} >= {"01_quickstart_lightning.ipynb", "02_hf_trainer_api.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"01_quickstart_lightning.ipynb", "02_hf_trainer_api.ipynb",
+                                          "04_peft_and_export.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -127,6 +127,7 @@ class AccumulationMixin(pl.LightningModule):
     (:meth:`item_mean_return`); :meth:`on_before_optimizer_step` rescales the window's gradients to a
     per-item mean over all ranks. Code inside ``training_step`` may run its own backward through
     :meth:`backward_now` (Lightning's own backward is then skipped for that batch).
+    :meth:`request_epoch_stop` skips the rest of an epoch without stepping (HF's ``should_epoch_stop``).
     """
 
     def __init__(self) -> None:
@@ -141,6 +142,7 @@ class AccumulationMixin(pl.LightningModule):
         self._backward_done = False
         self._zero_pending = False
         self._in_own_backward = False
+        self._skip_rest_of_epoch = False
 
     # ------------------------------------------------------------------ the micro-batch
     def start_micro_batch(self, batch_idx: int) -> None:
@@ -321,3 +323,31 @@ class AccumulationMixin(pl.LightningModule):
             self.last_step.grad_norm = None if norm is None else float(norm)
             self._notify_callbacks("on_gradients_ready", optimizer)
         self._notify_callbacks("on_optimizer_stepped", optimizer)
+
+    # ------------------------------------------------------------------ HF's should_epoch_stop
+    # The event bridge asks; the epoch's remaining batches are skipped: no step, no scheduler step.
+    def request_epoch_stop(self) -> None:
+        """Skip the rest of this epoch (from the next batch on); cleared when the next epoch starts."""
+        self._skip_rest_of_epoch = True
+
+    def clear_epoch_stop(self) -> None:
+        self._skip_rest_of_epoch = False
+
+    @property
+    def epoch_stop_requested(self) -> bool:
+        return self._skip_rest_of_epoch
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        # -1 tells Lightning to skip the rest of the epoch (HF's control.should_epoch_stop).
+        return -1 if self._skip_rest_of_epoch else None
+
+    def on_train_epoch_start(self) -> None:
+        self._skip_rest_of_epoch = False
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if self._skip_rest_of_epoch and not self.last_step.pending:
+            return  # Lightning still calls the scheduler for a skipped batch; no optimizer step happened
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)

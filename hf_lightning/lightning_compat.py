@@ -3,13 +3,15 @@
 Exact resume, HF's event order and token-exact accumulation need a few things Lightning keeps to
 itself: whether the current micro-batch closes an accumulation window, how far the training loop is
 into its epoch, its data fetcher, the logger connector's cadence, the SIGTERM flag, the sampler that
-Lightning's ``DistributedSamplerWrapper`` hides, and the layout of the loop state in a checkpoint.
+Lightning's ``DistributedSamplerWrapper`` hides, and the layout of the loop state in a checkpoint
+(plus the private ``LightningCLI`` methods that ``cli.py`` overrides, :data:`CLI_OVERRIDES`).
 Every such access lives here, so a Lightning upgrade is checked in one file:
 ``tests/test_lightning_compat.py`` runs :func:`missing_private_api` on the installed Lightning and
 names whatever moved. pyproject pins ``lightning>=2.6,<2.7`` (:data:`CHECKED_VERSIONS`).
 
-Each function fails with a :class:`LightningCompatError` naming the attribute and the checked range
-instead of an ``AttributeError`` deep inside a hook.
+Where a missing attribute can only mean another Lightning, the accessors raise a
+:class:`LightningCompatError` naming the attribute and the checked range instead of an
+``AttributeError`` deep inside a hook.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _get(obj: Any, path: str) -> Any:
 
 def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
     """The Lightning trainer driving ``module``, or None (``module.trainer`` raises when detached)."""
-    return module._trainer
+    return _get(module, "_trainer")
 
 
 def at_window_end(trainer: pl.Trainer) -> bool:

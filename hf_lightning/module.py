@@ -173,7 +173,6 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         self._nonfinite_streak = 0
         self._sharded = False
         self._forward_model: nn.Module | None = None
-        self._skip_rest_of_epoch = False
         self.manual_grad_sync = self.adversarial is not None
 
     def setup(self, stage: str) -> None:
@@ -297,33 +296,6 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
             from hf_lightning.neftune import deactivate_neftune
 
             deactivate_neftune(self.model)
-
-    # HF's control.should_epoch_stop: the event bridge asks, the module skips the epoch's remaining batches.
-    def request_epoch_stop(self) -> None:
-        """Skip the rest of this epoch (from the next batch on); cleared when the next epoch starts."""
-        self._skip_rest_of_epoch = True
-
-    def clear_epoch_stop(self) -> None:
-        self._skip_rest_of_epoch = False
-
-    @property
-    def epoch_stop_requested(self) -> bool:
-        return self._skip_rest_of_epoch
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        # -1 tells Lightning to skip the rest of the epoch (HF's control.should_epoch_stop).
-        return -1 if self._skip_rest_of_epoch else None
-
-    def on_train_epoch_start(self) -> None:
-        self._skip_rest_of_epoch = False
-
-    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        if self._skip_rest_of_epoch and not self.last_step.pending:
-            return  # Lightning still calls the scheduler for a skipped batch; no optimizer step happened
-        if metric is None:
-            scheduler.step()
-        else:
-            scheduler.step(metric)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.last_step

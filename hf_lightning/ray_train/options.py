@@ -36,7 +36,9 @@ class RayOptions:
         max_failures: how many times Ray restarts the worker group after a worker dies; each
             restart resumes exactly from the last checkpoint reported to Ray.
         checkpoint_every_n_steps: report a checkpoint to Ray every N optimizer steps. Default:
-            at the end of every epoch. The end of fit always reports one (with the HF model).
+            at the end of every epoch. The end of fit always reports one (with the HF model). Ray's
+            controller collects one report per worker every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``
+            (2 s by default): report less often than that.
     """
 
     num_workers: int | None = None

@@ -71,7 +71,9 @@ def _run(name: str, extra: list[str], steps: int, work: Path) -> dict[str, Any]:
            f"--trainer.default_root_dir={work / name}", "--data.batch_size=16",
            "--trainer.callbacks+=ray_vs_ddp.StepClock", f"--trainer.callbacks.path={clock}", *extra]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1")
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1",
+               # Ray gives each worker OMP_NUM_THREADS=<its CPUs> (1 here); the DDP ranks get the same.
+               OMP_NUM_THREADS="1")
     start = time.time()
     run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
     end = time.time()

@@ -23,6 +23,7 @@ from hf_lightning.data import HFDataModule
 from hf_lightning.errors import ConfigError
 from hf_lightning.log import show_info_by_default
 from hf_lightning.module import HFLightningModule
+from hf_lightning.ray_train.options import RayOptions
 from hf_lightning.run_lock import RunLockCallback
 from hf_lightning.safe_load import read_checkpoint_header
 
@@ -78,15 +79,38 @@ def with_fix(message: str) -> str:
 
 
 class HFLightningCLI(LightningCLI):
-    """LightningCLI for HFLightningModule + HFDataModule."""
+    """LightningCLI for HFLightningModule + HFDataModule.
+
+    With ``--ray.num_workers`` (or a ``ray:`` section) ``fit`` runs as a Ray Train job instead: the
+    driver parses and checks the config, then every Ray worker builds these same objects from the
+    same arguments (:mod:`hf_lightning.ray_train`). Without it Ray is never imported.
+    """
+
+    launches_ray_jobs = True  # False in the Ray workers themselves
+    ray_result: Any = None  # the finished job's RayRunResult, when this CLI started one
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("args")
+        self._cli_args = list(sys.argv[1:]) if given is None else given
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.task", "data.task")
         for source, target in LINKS.items():
             parser.link_arguments(source, target, apply_on="instantiate")
+        parser.add_class_arguments(RayOptions, "ray", help="Run fit as a Ray Train job (see RayOptions)")
 
     def before_instantiate_classes(self) -> None:
         self._check_link_targets()
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        options = RayOptions(**config["ray"].as_dict()) if config is not None and config.get("ray") else RayOptions()
+        if options.requested and self.launches_ray_jobs:
+            if self.subcommand != "fit":
+                raise ConfigError("ray.num_workers", f"runs 'fit' only, not {self.subcommand!r}",
+                                  f"drop the --ray options to {self.subcommand} here")
+            from hf_lightning.ray_train.job import run_cli_job
+
+            self.ray_result = run_cli_job(self._cli_args, options)
 
     def _check_link_targets(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -104,6 +128,8 @@ class HFLightningCLI(LightningCLI):
             raise ConfigError("data.task", "is linked from model.task", "set model.task only")
 
     def instantiate_classes(self) -> None:
+        if self.ray_result is not None:
+            return  # the Ray workers built and trained everything
         try:
             super().instantiate_classes()
             check_tags_fit_model(self.datamodule, self.model)
@@ -140,6 +166,8 @@ class HFLightningCLI(LightningCLI):
                 model[key] = None
 
     def _run_subcommand(self, subcommand: str) -> None:
+        if self.ray_result is not None:
+            return
         try:
             super()._run_subcommand(subcommand)
         except ConfigError as err:
@@ -189,11 +217,14 @@ def main(args: list[str] | None = None) -> None:
     run_cli(args)
 
 
-def run_cli(args: list[str] | None = None) -> HFLightningCLI:
-    """Build and run the CLI; returns it so tests and notebooks can inspect the trainer and model."""
+def run_cli(args: list[str] | None = None, cli_class: type[HFLightningCLI] = HFLightningCLI) -> HFLightningCLI:
+    """Build and run the CLI; returns it so tests and notebooks can inspect the trainer and model.
+
+    ``cli_class`` is how a Ray worker builds the same CLI with Ray's strategy and report callback.
+    """
     show_info_by_default()  # an application: the package's information shows, as Lightning's own does
     try:
-        return HFLightningCLI(
+        return cli_class(
             HFLightningModule,
             HFDataModule,
             trainer_defaults={

@@ -41,3 +41,13 @@ def test_every_cpu_runner_trains_and_is_timed(tmp_path: Path) -> None:
     assert [r["runner"] for r in rows] == ["raw", "transformers", "hf_lightning", "hf_lightning-native"]
     assert all("error" not in r and r["tokens_per_s"] > 0 and r["peak_mib"] > 0 for r in rows), rows
     assert "| hf_lightning-native |" in run.stdout
+
+
+def test_ray_vs_ddp_summary_separates_startup_from_steps() -> None:
+    spec = importlib.util.spec_from_file_location("bench_ray_vs_ddp", ROOT / "bench" / "ray_vs_ddp.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = bench.summarize("ray", start=100.0, end=130.0, stamps=[110.0, 112.0, 114.0, 116.0])
+    assert row == {"runner": "ray", "steps": 4, "startup_s": 10.0, "step_s": 2.0, "total_s": 30.0}
+    with pytest.raises(ValueError, match="at least 2 optimizer steps"):
+        bench.summarize("ddp", 0.0, 1.0, [0.5])

@@ -21,7 +21,7 @@ import torch.nn as nn
 from hf_lightning.accumulation import WindowCounter
 from hf_lightning.losses.base import split_labels
 from hf_lightning.metrics import PredictionCollector, TaskMetrics
-from hf_lightning.optim import step_plateau
+from hf_lightning.optim import set_optimizer_mode, step_plateau
 
 __all__ = ["EvaluationMixin", "PaddingTrimmer", "eval_batches", "move_to_device"]
 
@@ -131,6 +131,8 @@ class EvaluationMixin(pl.LightningModule):
         return self.validation_step(batch, batch_idx, dataloader_idx)
 
     def on_validation_epoch_start(self) -> None:
+        if self._trainer is not None:  # schedule-free optimizers evaluate their averaged weights, as in HF
+            set_optimizer_mode(self.trainer.optimizers, train=False)
         self._eval_trimmers = {}
         self._eval_window.reset()
         self._eval_has_labels = False

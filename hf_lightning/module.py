@@ -39,6 +39,8 @@ from hf_lightning.optim import (
     build_optimizer,
     build_scheduler,
     lightning_optimizers,
+    resolve_warmup_steps,
+    set_optimizer_mode,
 )
 from hf_lightning.tasks import TaskName, task_spec
 
@@ -80,6 +82,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         adversarial: (loss) FGM settings, e.g. ``{"method": "fgm", "epsilon": 1.0}``.
         optim: (optimizer) optimizer name as in ``transformers.TrainingArguments.optim``.
         optim_args: (optimizer) extra optimizer arguments (HF's ``optim_args``), a dict or "k=v,k=v".
+        optim_target_modules: (optimizer) modules GaLore/Apollo project: names, a regex or "all-linear".
         learning_rate: (optimizer) peak learning rate.
         weight_decay: (optimizer) applied to all parameters except biases and normalisation weights.
         adam_beta1: (optimizer) Adam beta1.
@@ -118,6 +121,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         adversarial: dict[str, Any] | None = None,
         optim: OptimName = "adamw_torch",
         optim_args: dict[str, Any] | None = None,
+        optim_target_modules: list[str] | str | None = None,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.0,
         adam_beta1: float = 0.9,
@@ -297,6 +301,10 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
 
             deactivate_neftune(self.model)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        set_optimizer_mode(self.trainer.optimizers, train=True)  # schedule-free: back from eval mode, as HF
+        return super().on_train_batch_start(batch, batch_idx)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = self.last_step
         if not step.pending:
@@ -332,6 +340,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
         hp = self.hparams
+        num_training_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         optimizer = build_optimizer(
             self,
             optim=hp.optim,
@@ -343,11 +352,13 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
             optim_args=hp.optim_args,
             model_for_optimizer=self.model,
             no_decay_prefixes=("loss_fn.",),
+            optim_target_modules=hp.optim_target_modules,
+            warmup_steps=resolve_warmup_steps(hp.warmup_steps, hp.warmup_ratio, num_training_steps),
         )
         scheduler = build_scheduler(
             optimizer,
             hp.lr_scheduler_type,
-            num_training_steps=max(int(self.trainer.estimated_stepping_batches), 1),
+            num_training_steps=num_training_steps,
             warmup_steps=hp.warmup_steps,
             warmup_ratio=hp.warmup_ratio,
             lr_scheduler_kwargs=hp.lr_scheduler_kwargs,

@@ -32,6 +32,7 @@ __all__ = [
     "step_plateau",
     "decay_parameter_groups",
     "resolve_warmup_steps",
+    "set_optimizer_mode",
 ]
 
 OPTIMIZER_NAMES = tuple(o.value for o in OptimizerNames)
@@ -62,6 +63,68 @@ def check_name(field: str, value: str, names: tuple[str, ...], kind: str) -> Non
     raise ConfigError(field, f"unknown {kind} {value!r}", fix)
 
 
+# Optimizers whose class lives in an optional package (transformers imports it lazily), by name prefix.
+# ``pip install "hf_lightning[optimizers]"`` brings every one that installs on CPU.
+_OPTIONAL_PACKAGES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("galore_",), "galore_torch", "galore-torch"),
+    (("schedule_free_",), "schedulefree", "schedulefree"),
+    (("grokadamw",), "grokadamw", "grokadamw"),
+    (("stable_adamw",), "optimi", "torch-optimi"),
+    (("lion", "paged_", "ademamix", "adamw_bnb", "adamw_8bit", "rmsprop_bnb", "rmsprop_8bit", "rmsprop_32bit"),
+     "bitsandbytes", "bitsandbytes"),
+    (("apollo_",), "apollo_torch", "apollo-torch"),
+    (("lomo", "adalomo"), "lomo_optim", "lomo-optim"),
+    (("adamw_torch_4bit", "adamw_torch_8bit"), "torchao", "torchao"),
+)
+_LOW_RANK_PREFIXES = ("galore_", "apollo_")
+
+
+def _require_package(optim: str) -> None:
+    """One line naming the extra when ``optim``'s package is missing (transformers' own text names no extra)."""
+    import importlib
+
+    for prefixes, module, dist in _OPTIONAL_PACKAGES:
+        if optim.startswith(prefixes):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise ConfigError(
+                    "optim", f"{optim!r} needs the {dist} package, which is not installed",
+                    f'pip install "hf_lightning[optimizers]" (or pip install {dist})',
+                ) from None
+            return
+
+
+def _split_optim_args(
+    optim_args: str | dict[str, Any] | None, optim_target_modules: str | list[str] | None
+) -> tuple[str | None, str | list[str] | None]:
+    """``optim_args`` as HF's "k=v,k=v" text; a dict's list-valued ``galore_target_modules`` becomes
+    ``optim_target_modules`` (the seed documents write GaLore's targets there), which "k=v" cannot carry."""
+    if not isinstance(optim_args, dict):
+        return optim_args, optim_target_modules
+    optim_args = dict(optim_args)
+    for alias in ("galore_target_modules", "apollo_target_modules", "target_modules"):
+        targets = optim_args.pop(alias, None)
+        if targets is not None and optim_target_modules is None:
+            optim_target_modules = targets
+    return ",".join(f"{k}={v}" for k, v in optim_args.items()) or None, optim_target_modules
+
+
+def set_optimizer_mode(optimizers: Iterable[Any] | Any, train: bool) -> None:
+    """Put schedule-free optimizers in train or eval mode (their weights differ between the two).
+
+    HF's Trainer calls ``optimizer.train()`` in every training step and ``optimizer.eval()`` before
+    evaluating; both front doors do the same through this helper. Other optimizers have no modes.
+    """
+    if optimizers is None:
+        return
+    for optimizer in optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]:
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the real one
+        switch = getattr(optimizer, "train" if train else "eval", None)
+        if callable(switch):
+            switch()
+
+
 def decay_parameter_groups(
     named_parameters: Iterable[tuple[str, nn.Parameter]], decay_names: set[str], weight_decay: float
 ) -> list[dict[str, Any]]:
@@ -85,16 +148,30 @@ def build_optimizer(
     optim_args: str | dict[str, Any] | None = None,
     model_for_optimizer: nn.Module | None = None,
     no_decay_prefixes: tuple[str, ...] = (),
+    optim_target_modules: str | list[str] | None = None,
+    warmup_steps: float = 0,
 ) -> torch.optim.Optimizer:
     """Build the optimizer HF's Trainer would build for these settings.
 
     ``module`` owns every trainable parameter (the HF model plus, e.g., learnable loss weights);
     weight decay skips biases and normalisation weights by HF's own rule, and parameters under
     ``no_decay_prefixes`` (learnable loss weights: decay would pull them towards zero).
+    ``optim_target_modules`` are the modules GaLore/Apollo project (HF's field); ``warmup_steps`` is
+    passed to schedule-free optimizers, which warm up themselves, as HF does.
     """
     check_name("optim", str(optim), OPTIMIZER_NAMES, "optimizer")
-    if isinstance(optim_args, dict):
-        optim_args = ",".join(f"{k}={v}" for k, v in optim_args.items())
+    _require_package(str(optim))
+    optim_args, optim_target_modules = _split_optim_args(optim_args, optim_target_modules)
+    if str(optim).endswith("layerwise"):
+        raise ConfigError(
+            "optim", f"{optim!r} steps each parameter inside backward, outside Lightning's optimizer step",
+            f"use {str(optim).removesuffix('_layerwise')!r}",
+        )
+    if str(optim).startswith(_LOW_RANK_PREFIXES) and optim_target_modules is None:
+        raise ConfigError(
+            "optim_target_modules", f"{optim!r} projects chosen linear layers and none were named",
+            'set optim_target_modules=["q_proj", "v_proj"] (names or a regex) or "all-linear"',
+        )
     args = SimpleNamespace(
         optim=optim,
         optim_args=optim_args,
@@ -103,8 +180,8 @@ def build_optimizer(
         adam_beta1=adam_beta1,
         adam_beta2=adam_beta2,
         adam_epsilon=adam_epsilon,
-        warmup_steps=0,
-        optim_target_modules=None,
+        warmup_steps=warmup_steps,
+        optim_target_modules=optim_target_modules,
     )
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model_for_optimizer or module)
     # HF's rule does not depend on the Trainer instance; call it unbound to stay identical to it.

@@ -22,7 +22,7 @@ from hf_lightning.log import get_logger
 from hf_lightning.losses._utils import batch_size_of
 from hf_lightning.losses.base import split_labels
 from hf_lightning.metrics import PredictionCollector
-from hf_lightning.optim import step_plateau
+from hf_lightning.optim import set_optimizer_mode, step_plateau
 
 __all__ = ["evaluate", "evaluate_during_training", "evaluation_loop", "predict"]
 
@@ -86,6 +86,7 @@ def evaluation_loop(
     True without ``compute_metrics`` (so nothing but the loss is kept), ``predict`` passes None.
     """
     model = _eval_model(trainer)
+    set_optimizer_mode(trainer.optimizer, train=False)
     args = trainer.args
     loss_only = prediction_loss_only if prediction_loss_only is not None else args.prediction_loss_only
     logger.info("***** Running %s *****", description)

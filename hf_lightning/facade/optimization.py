@@ -42,6 +42,8 @@ def create_optimizer(trainer: Any) -> torch.optim.Optimizer:
             optim_args=args.optim_args,
             model_for_optimizer=trainer.model,
             no_decay_prefixes=_NO_DECAY_PREFIXES,
+            optim_target_modules=args.optim_target_modules,
+            warmup_steps=args.warmup_steps,
         )
     return trainer.optimizer
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 from hf_lightning.errors import ConfigError
 from hf_lightning.facade.module import accepts_parameter
 from hf_lightning.losses.base import count_batch_items
+from hf_lightning.optim import set_optimizer_mode
 from hf_lightning.tasks import task_spec
 
 __all__ = ["call_compute_loss", "call_training_step", "compute_loss", "prediction_step", "training_step"]
@@ -46,6 +47,7 @@ def compute_loss(
 def training_step(trainer: Any, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
     """HF's training step: forward, loss, backward; returns the detached loss."""
     model.train()
+    set_optimizer_mode(trainer.optimizer, train=True)
     inputs = trainer._prepare_inputs(inputs)
     with trainer.compute_loss_context_manager():
         loss = call_compute_loss(trainer, model, inputs, num_items_in_batch)

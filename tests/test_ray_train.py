@@ -115,6 +115,18 @@ def test_bad_ray_values_are_one_line(option: str, field: str, tiny_config: Path,
     assert "Fix:" in err
 
 
+def test_a_ray_section_in_the_yaml_is_read(tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["hf-lightning"])
+    section = tmp_path / "ray.yaml"
+    section.write_text("ray:\n  num_workers: 2\n  max_failures: -2\n")
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", str(tiny_config), "--config", str(section)])
+    assert capsys.readouterr().err.startswith("error: ray.max_failures: must be >= 0")
+
+
+@pytest.mark.slow  # a subprocess fit: ~15 s idle, more on a loaded machine
 def test_without_ray_options_ray_is_never_imported(tiny_config: Path, tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import sys

@@ -93,6 +93,7 @@ class Trainer:
         self.optimizer, self.lr_scheduler = optimizers
         self._user_optimizers = optimizers[0] is not None
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        setup.check_construction(self)  # the argument checks of transformers' Trainer.__init__
         setup.inspect_model(self)  # task, label_names, can_return_loss, model_accepts_loss_kwargs
         self.model_preparation_time: float | None = None
         self.label_smoother = setup.label_smoother(self.args, self.task)
@@ -142,7 +143,8 @@ class Trainer:
     def get_train_dataloader(self) -> DataLoader:
         return loaders.train_dataloader(self)
 
-    def get_eval_dataloader(self, eval_dataset: Dataset | None = None) -> DataLoader:
+    def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
+        """The evaluation loader for ``eval_dataset``: a dataset, the name of one in a dict ``eval_dataset``, or None."""
         return loaders.eval_dataloader(self, eval_dataset)
 
     def get_test_dataloader(self, test_dataset: Dataset) -> DataLoader:

@@ -31,7 +31,7 @@ from transformers import (
 )
 from transformers.trainer import Trainer as _HFTrainer
 from transformers.trainer_callback import CallbackHandler
-from transformers.trainer_utils import EvalLoopOutput, PredictionOutput, TrainOutput
+from transformers.trainer_utils import EvalLoopOutput, PredictionOutput, TrainerMemoryTracker, TrainOutput
 
 from hf_lightning.args import TrainingArguments
 from hf_lightning.callbacks.hf_bridge import HFCallbackBridge, update_best_metric
@@ -79,6 +79,9 @@ class Trainer:
         if not isinstance(self.args, TrainingArguments):
             self.args = setup.convert_args(self.args)
         set_verbosity_from_args(self.args)
+        # transformers' own tracker: with skip_memory_metrics=False, *_mem_* metrics as HF reports them
+        self._memory_tracker = TrainerMemoryTracker(self.args.skip_memory_metrics)
+        self._memory_tracker.start()
         setup.seed(self.args)
         if model is None and model_init is None:
             raise ConfigError("model", "Trainer needs a model or a model_init", "pass model=... or model_init=...")
@@ -118,6 +121,7 @@ class Trainer:
         self.hp_search_backend = None
         self.is_in_train = False
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+        self._memory_tracker.stop_and_update_metrics()
 
     # ================================================================ model
     @property

@@ -40,6 +40,7 @@ def evaluate(
         return out
     if eval_dataset is None and isinstance(trainer.eval_dataset, dict):
         return trainer.evaluate(trainer.eval_dataset, ignore_keys, metric_key_prefix)
+    trainer._memory_tracker.start()  # skip_memory_metrics=False: HF's eval_mem_* metrics
     dataloader = trainer.get_eval_dataloader(eval_dataset)
     trainer.callback_handler.eval_dataloader = dataloader
     start = time.time()
@@ -50,17 +51,20 @@ def evaluate(
     _add_speed_metrics(trainer, output, metric_key_prefix, start)
     trainer.log(output.metrics)
     trainer.control = trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, output.metrics)
+    trainer._memory_tracker.stop_and_update_metrics(output.metrics)  # after on_evaluate, as in HF
     return output.metrics
 
 
 def predict(trainer: Any, test_dataset: Dataset, ignore_keys: list[str] | None, metric_key_prefix: str) -> PredictionOutput:
     """HF's ``predict``: the loop with predictions kept, speed metrics and ``on_predict``."""
+    trainer._memory_tracker.start()  # skip_memory_metrics=False: HF's test_mem_* metrics
     dataloader = trainer.get_test_dataloader(test_dataset)
     start = time.time()
     output = trainer.evaluation_loop(dataloader, description="Prediction", ignore_keys=ignore_keys,
                                      metric_key_prefix=metric_key_prefix)
     _add_speed_metrics(trainer, output, metric_key_prefix, start)
     trainer.control = trainer.callback_handler.on_predict(trainer.args, trainer.state, trainer.control, output.metrics)
+    trainer._memory_tracker.stop_and_update_metrics(output.metrics)
     return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
 
 

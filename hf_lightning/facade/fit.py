@@ -115,7 +115,7 @@ def build_module(trainer: Any) -> TrainerModule:
         trainer, trainer.model, trainer.task,
         neftune_noise_alpha=args.neftune_noise_alpha,
         gradient_checkpointing=False,
-        torch_compile=args.torch_compile,
+        torch_compile=_compile_settings(args),
         stop_on_nonfinite_loss=args.stop_on_nonfinite_loss,
     )
     if args.gradient_checkpointing:
@@ -123,6 +123,15 @@ def build_module(trainer: Any) -> TrainerModule:
         trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     module.hf_logging = True
     return module
+
+
+def _compile_settings(args: Any) -> bool | dict[str, str]:
+    """``torch.compile`` keyword arguments from HF's fields (transformers turns ``torch_compile`` on when a
+    backend or mode is given and defaults the backend to inductor)."""
+    if not args.torch_compile:
+        return False
+    kwargs = {"backend": args.torch_compile_backend, "mode": args.torch_compile_mode}
+    return {k: v for k, v in kwargs.items() if v is not None} or True
 
 
 def _log_start(trainer: Any, loader: Any, max_steps: int, resume_dir: str | None) -> None:

@@ -161,8 +161,14 @@ def _eval_model(trainer: Any) -> nn.Module:
         trainer.model.to(trainer.args.device)
         if trainer.model_preparation_time is None:  # HF reports it once it evaluated before training
             trainer.model_preparation_time = round(time.time() - start, 4)
-        return trainer.model
-    return module.forward_model
+        model = trainer.model
+    else:
+        model = module.forward_model
+    args = trainer.args
+    if not trainer.is_in_train and (args.fp16_full_eval or args.bf16_full_eval):
+        # HF: evaluation outside training casts the model itself (it stays cast afterwards, as in transformers)
+        model.to(dtype=torch.float16 if args.fp16_full_eval else torch.bfloat16)
+    return model
 
 
 def _add_speed_metrics(trainer: Any, output: EvalLoopOutput, prefix: str, start: float) -> None:

@@ -310,6 +310,8 @@ class Trainer:
     # when this module is imported, so a script or test suite that later replaces ``transformers.Trainer``
     # with this class does not make the call find itself (it recursed until RecursionError).
     create_model_card = _HFTrainer.create_model_card
+    # restore_callback_states_from_checkpoint: transformers' own restore (and its log messages), run on resume.
+    _load_callback_state = _HFTrainer._load_callback_state
 
     def is_world_process_zero(self) -> bool:
         return self.accelerator.is_main_process

@@ -59,6 +59,7 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     trainer.current_flos = 0.0
     if resume_dir is not None and (Path(resume_dir) / checkpoints.TRAINER_STATE).is_file():
         trainer.state = TrainerState.load_from_json(str(Path(resume_dir) / checkpoints.TRAINER_STATE))
+        trainer._load_callback_state()  # HF: only with restore_callback_states_from_checkpoint=True
     trainer.state.is_hyper_param_search = trial is not None
     trainer._module = build_module(trainer)
     if not trainer._user_optimizers:  # built per train() call, over the module's parameters

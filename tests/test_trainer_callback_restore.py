@@ -25,7 +25,8 @@ def _counter(trainer) -> int:
 def test_patience_counter_is_restored_only_when_asked(tmp_path: Path, cls_dataset, demo_tokenizer) -> None:
     counters = {}
     for name, (trainer_cls, args_cls) in IMPLEMENTATIONS.items():
-        def run(max_steps: int, restore: bool, resume: bool, out: Path = tmp_path / name) -> int:
+        def run(max_steps: int, restore: bool, resume: bool, out: Path = tmp_path / name,
+                trainer_cls=trainer_cls, args_cls=args_cls) -> int:
             args = args_cls(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4, report_to="none",
                             use_cpu=True, disable_tqdm=True, eval_strategy="steps", eval_steps=2, save_steps=2,
                             metric_for_best_model="eval_loss", train_sampling_strategy="sequential",

@@ -24,7 +24,7 @@ _EXPORTS = {
     "Trainer": "hf_lightning.trainer",
     "TrainingArguments": "hf_lightning.args",
     "Seq2SeqTrainer": "hf_lightning.seq2seq_trainer",
-    "Seq2SeqTrainingArguments": "hf_lightning.seq2seq_trainer",
+    "Seq2SeqTrainingArguments": "hf_lightning.args",
     "HFCallbacks": "hf_lightning.callbacks.hf_bridge",
     "HFLightningModule": "hf_lightning.module",
     "HFDataModule": "hf_lightning.data",

@@ -29,7 +29,7 @@ from transformers.training_args import ParallelMode
 
 from hf_lightning.errors import ConfigError
 
-__all__ = ["NO_EFFECT", "SUPPORTED", "TrainingArguments"]
+__all__ = ["NO_EFFECT", "SUPPORTED", "Seq2SeqTrainingArguments", "TrainingArguments"]
 
 # Every transformers.TrainingArguments field is either mapped onto Lightning (SUPPORTED) or warns
 # when set away from its default (NO_EFFECT). tests/test_args.py checks the two cover all fields.
@@ -253,6 +253,25 @@ class TrainingArguments(transformers.TrainingArguments):
     @property
     def local_process_index(self) -> int:
         return int(os.environ.get("LOCAL_RANK", 0))
+
+
+@dataclass
+class Seq2SeqTrainingArguments(TrainingArguments, transformers.Seq2SeqTrainingArguments):
+    """``transformers.Seq2SeqTrainingArguments`` for the Lightning engine (same fields and defaults).
+
+    ``predict_with_generate``, ``generation_max_length``, ``generation_num_beams`` and
+    ``generation_config`` act as in transformers; ``sortish_sampler`` warns: transformers 5 ignores it
+    too (use ``train_sampling_strategy="group_by_length"``).
+    """
+
+    def __post_init__(self) -> None:
+        if self.sortish_sampler:
+            _warn_once(
+                "no-effect:sortish_sampler",
+                "Seq2SeqTrainingArguments.sortish_sampler has no effect (transformers 5 ignores it as well); "
+                "use train_sampling_strategy='group_by_length'",
+            )
+        super().__post_init__()
 
 
 def _parse_devices(value: Any) -> Any:

@@ -99,7 +99,8 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
             ``preprocess_logits_for_metrics``).
         preprocess_logits_for_metrics: (evaluation) HF's ``(logits, labels) -> smaller logits``.
         gradient_checkpointing: (scale-out) use the HF model's own (non-reentrant) gradient checkpointing.
-        torch_compile: (scale-out) compile the model's forward with ``torch.compile``.
+        torch_compile: (scale-out) compile the model's forward with ``torch.compile``: True, or the keyword
+            arguments for it (``{"backend": "inductor", "mode": "max-autotune"}``, HF's ``torch_compile_*``).
         peft_config: (model) parameter-efficient fine-tuning: ``LoraConfig`` fields (``r``,
             ``lora_alpha``, ``target_modules``, ``lora_dropout``; another method with ``peft_type``).
             Only the adapters train; the HF export is an adapter folder (``hf_lightning/peft.py``).
@@ -135,7 +136,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         compute_metrics: Callable[[Any], dict[str, float]] | None = None,
         preprocess_logits_for_metrics: Callable[[Any, Any], Any] | None = None,
         gradient_checkpointing: bool = False,
-        torch_compile: bool = False,
+        torch_compile: bool | dict[str, Any] = False,
         peft_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -242,7 +243,8 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
             shard_for_strategy(self.model, strategy, mesh=self.device_mesh["data_parallel"])
         self._sharded = True
         if self.torch_compile:
-            self._forward_model = torch.compile(self.model)
+            kwargs = self.torch_compile if isinstance(self.torch_compile, dict) else {}
+            self._forward_model = torch.compile(self.model, **kwargs)
 
     @property
     def forward_model(self) -> nn.Module:

@@ -6,13 +6,12 @@ transformers' semantics are kept to the array: ``generation_max_length`` / ``gen
 (or ``evaluate(max_length=, num_beams=, ...)``) become ``generate`` keyword arguments, generated ids
 and labels are right-padded with the pad token to the generation config's ``max_length`` (HF's
 ``_pad_tensors_to_max_len``, reused), and ``eval_loss`` is still the teacher-forced loss. transformers'
-own argument class is a base of ours, so ``isinstance(args, transformers.Seq2SeqTrainingArguments)``
+own argument class is a base of ours (``args.Seq2SeqTrainingArguments``), so ``isinstance(args, transformers.Seq2SeqTrainingArguments)``
 holds for third-party callbacks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,29 +20,10 @@ import transformers
 from torch.utils.data import Dataset
 from transformers.trainer_utils import PredictionOutput
 
-from hf_lightning.args import TrainingArguments, _warn_once
+from hf_lightning.args import Seq2SeqTrainingArguments
 from hf_lightning.trainer import Trainer
 
 __all__ = ["Seq2SeqTrainer", "Seq2SeqTrainingArguments"]
-
-
-@dataclass
-class Seq2SeqTrainingArguments(TrainingArguments, transformers.Seq2SeqTrainingArguments):
-    """``transformers.Seq2SeqTrainingArguments`` for the Lightning engine (same fields and defaults).
-
-    ``predict_with_generate``, ``generation_max_length``, ``generation_num_beams`` and
-    ``generation_config`` act as in transformers; ``sortish_sampler`` warns: transformers 5 ignores it
-    too (use ``train_sampling_strategy="group_by_length"``).
-    """
-
-    def __post_init__(self) -> None:
-        if self.sortish_sampler:
-            _warn_once(
-                "no-effect:sortish_sampler",
-                "Seq2SeqTrainingArguments.sortish_sampler has no effect (transformers 5 ignores it as well); "
-                "use train_sampling_strategy='group_by_length'",
-            )
-        super().__post_init__()
 
 
 class Seq2SeqTrainer(Trainer):

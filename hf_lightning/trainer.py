@@ -31,7 +31,7 @@ from transformers import (
 )
 from transformers.trainer import Trainer as _HFTrainer
 from transformers.trainer_callback import CallbackHandler
-from transformers.trainer_utils import EvalLoopOutput, PredictionOutput, TrainOutput
+from transformers.trainer_utils import EvalLoopOutput, PredictionOutput, TrainerMemoryTracker, TrainOutput
 
 from hf_lightning.args import TrainingArguments
 from hf_lightning.callbacks.hf_bridge import HFCallbackBridge, update_best_metric
@@ -79,6 +79,9 @@ class Trainer:
         if not isinstance(self.args, TrainingArguments):
             self.args = setup.convert_args(self.args)
         set_verbosity_from_args(self.args)
+        # transformers' own tracker: with skip_memory_metrics=False, *_mem_* metrics as HF reports them
+        self._memory_tracker = TrainerMemoryTracker(self.args.skip_memory_metrics)
+        self._memory_tracker.start()
         setup.seed(self.args)
         if model is None and model_init is None:
             raise ConfigError("model", "Trainer needs a model or a model_init", "pass model=... or model_init=...")
@@ -93,6 +96,7 @@ class Trainer:
         self.optimizer, self.lr_scheduler = optimizers
         self._user_optimizers = optimizers[0] is not None
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        setup.check_construction(self)  # the argument checks of transformers' Trainer.__init__
         setup.inspect_model(self)  # task, label_names, can_return_loss, model_accepts_loss_kwargs
         self.model_preparation_time: float | None = None
         self.label_smoother = setup.label_smoother(self.args, self.task)
@@ -117,6 +121,7 @@ class Trainer:
         self.hp_search_backend = None
         self.is_in_train = False
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+        self._memory_tracker.stop_and_update_metrics()
 
     # ================================================================ model
     @property
@@ -142,7 +147,8 @@ class Trainer:
     def get_train_dataloader(self) -> DataLoader:
         return loaders.train_dataloader(self)
 
-    def get_eval_dataloader(self, eval_dataset: Dataset | None = None) -> DataLoader:
+    def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
+        """The evaluation loader for ``eval_dataset``: a dataset, the name of one in a dict ``eval_dataset``, or None."""
         return loaders.eval_dataloader(self, eval_dataset)
 
     def get_test_dataloader(self, test_dataset: Dataset) -> DataLoader:
@@ -304,6 +310,8 @@ class Trainer:
     # when this module is imported, so a script or test suite that later replaces ``transformers.Trainer``
     # with this class does not make the call find itself (it recursed until RecursionError).
     create_model_card = _HFTrainer.create_model_card
+    # restore_callback_states_from_checkpoint: transformers' own restore (and its log messages), run on resume.
+    _load_callback_state = _HFTrainer._load_callback_state
 
     def is_world_process_zero(self) -> bool:
         return self.accelerator.is_main_process

@@ -40,6 +40,7 @@ def evaluate(
         return out
     if eval_dataset is None and isinstance(trainer.eval_dataset, dict):
         return trainer.evaluate(trainer.eval_dataset, ignore_keys, metric_key_prefix)
+    trainer._memory_tracker.start()  # skip_memory_metrics=False: HF's eval_mem_* metrics
     dataloader = trainer.get_eval_dataloader(eval_dataset)
     trainer.callback_handler.eval_dataloader = dataloader
     start = time.time()
@@ -50,17 +51,20 @@ def evaluate(
     _add_speed_metrics(trainer, output, metric_key_prefix, start)
     trainer.log(output.metrics)
     trainer.control = trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, output.metrics)
+    trainer._memory_tracker.stop_and_update_metrics(output.metrics)  # after on_evaluate, as in HF
     return output.metrics
 
 
 def predict(trainer: Any, test_dataset: Dataset, ignore_keys: list[str] | None, metric_key_prefix: str) -> PredictionOutput:
     """HF's ``predict``: the loop with predictions kept, speed metrics and ``on_predict``."""
+    trainer._memory_tracker.start()  # skip_memory_metrics=False: HF's test_mem_* metrics
     dataloader = trainer.get_test_dataloader(test_dataset)
     start = time.time()
     output = trainer.evaluation_loop(dataloader, description="Prediction", ignore_keys=ignore_keys,
                                      metric_key_prefix=metric_key_prefix)
     _add_speed_metrics(trainer, output, metric_key_prefix, start)
     trainer.control = trainer.callback_handler.on_predict(trainer.args, trainer.state, trainer.control, output.metrics)
+    trainer._memory_tracker.stop_and_update_metrics(output.metrics)
     return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
 
 
@@ -158,8 +162,14 @@ def _eval_model(trainer: Any) -> nn.Module:
         trainer.model.to(trainer.args.device)
         if trainer.model_preparation_time is None:  # HF reports it once it evaluated before training
             trainer.model_preparation_time = round(time.time() - start, 4)
-        return trainer.model
-    return module.forward_model
+        model = trainer.model
+    else:
+        model = module.forward_model
+    args = trainer.args
+    if not trainer.is_in_train and (args.fp16_full_eval or args.bf16_full_eval):
+        # HF: evaluation outside training casts the model itself (it stays cast afterwards, as in transformers)
+        model.to(dtype=torch.float16 if args.fp16_full_eval else torch.bfloat16)
+    return model
 
 
 def _add_speed_metrics(trainer: Any, output: EvalLoopOutput, prefix: str, start: float) -> None:

@@ -36,6 +36,7 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     from hf_lightning.plan import lightning_trainer_kwargs, total_optimizer_steps
 
     args = trainer.args
+    trainer._memory_tracker.start()  # skip_memory_metrics=False: HF's train_mem_* metrics
     if resume_from_checkpoint is None and args.resume_from_checkpoint:
         resume_from_checkpoint = args.resume_from_checkpoint
     check_eval_setup(trainer)
@@ -58,6 +59,7 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     trainer.current_flos = 0.0
     if resume_dir is not None and (Path(resume_dir) / checkpoints.TRAINER_STATE).is_file():
         trainer.state = TrainerState.load_from_json(str(Path(resume_dir) / checkpoints.TRAINER_STATE))
+        trainer._load_callback_state()  # HF: only with restore_callback_states_from_checkpoint=True
     trainer.state.is_hyper_param_search = trial is not None
     trainer._module = build_module(trainer)
     if not trainer._user_optimizers:  # built per train() call, over the module's parameters
@@ -83,7 +85,11 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
         finally:
             trainer.is_in_train = False
         trainer.state = trainer._bridge.host.state
-        return _finish(trainer, start, trainer.num_examples(train_loader) if batches is not None else 0, max_steps)
+        metrics = _train_metrics(trainer, start, trainer.num_examples(train_loader) if batches is not None else 0,
+                                 max_steps)
+        # HF's TrainerMemoryTracker names its stage after the calling function: "train" is this one.
+        trainer._memory_tracker.stop_and_update_metrics(metrics)
+        return _finish(trainer, metrics)
     finally:
         run_lock.release()  # after the best model is reloaded and the folder pruned
 
@@ -110,7 +116,7 @@ def build_module(trainer: Any) -> TrainerModule:
         trainer, trainer.model, trainer.task,
         neftune_noise_alpha=args.neftune_noise_alpha,
         gradient_checkpointing=False,
-        torch_compile=args.torch_compile,
+        torch_compile=_compile_settings(args),
         stop_on_nonfinite_loss=args.stop_on_nonfinite_loss,
     )
     if args.gradient_checkpointing:
@@ -118,6 +124,15 @@ def build_module(trainer: Any) -> TrainerModule:
         trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     module.hf_logging = True
     return module
+
+
+def _compile_settings(args: Any) -> bool | dict[str, str]:
+    """``torch.compile`` keyword arguments from HF's fields (transformers turns ``torch_compile`` on when a
+    backend or mode is given and defaults the backend to inductor)."""
+    if not args.torch_compile:
+        return False
+    kwargs = {"backend": args.torch_compile_backend, "mode": args.torch_compile_mode}
+    return {k: v for k, v in kwargs.items() if v is not None} or True
 
 
 def _log_start(trainer: Any, loader: Any, max_steps: int, resume_dir: str | None) -> None:
@@ -135,8 +150,8 @@ def _log_start(trainer: Any, loader: Any, max_steps: int, resume_dir: str | None
                  type(trainer._pl_trainer.strategy).__name__, trainer._pl_trainer.precision)
 
 
-def _finish(trainer: Any, start: float, num_samples: int, max_steps: int) -> TrainOutput:
-    """HF's end of training: train metrics logged, best model reloaded, ``on_train_end``."""
+def _train_metrics(trainer: Any, start: float, num_samples: int, max_steps: int) -> dict[str, float]:
+    """HF's train metrics: speed, ``total_flos`` and the run's mean ``train_loss``."""
     state, bridge, args = trainer.state, trainer._bridge, trainer.args
     trainer.store_flos()
     steps_run = state.global_step - bridge.initial_step
@@ -147,6 +162,12 @@ def _finish(trainer: Any, start: float, num_samples: int, max_steps: int) -> Tra
     )
     metrics["total_flos"] = float(state.total_flos)
     metrics["train_loss"] = bridge.training_loss()
+    return metrics
+
+
+def _finish(trainer: Any, metrics: dict[str, float]) -> TrainOutput:
+    """HF's end of training: train metrics logged, best model reloaded, ``on_train_end``."""
+    state, args = trainer.state, trainer.args
     trainer.log(metrics)
     if not args.disable_tqdm and trainer.is_world_process_zero():
         # HF's progress callback writes this line under its bar; with disable_tqdm HF's printer did.

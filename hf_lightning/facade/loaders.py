@@ -41,9 +41,15 @@ def train_dataloader(trainer: Any) -> DataLoader:
     )
 
 
-def eval_dataloader(trainer: Any, eval_dataset: Dataset | None = None) -> DataLoader:
+def eval_dataloader(trainer: Any, eval_dataset: str | Dataset | None = None) -> DataLoader:
     """HF's ``get_eval_dataloader``: in order, the trainer's ``eval_dataset`` unless one is passed."""
     args = trainer.args
+    if isinstance(eval_dataset, str):  # HF: a name looks the set up in a dict eval_dataset
+        named = trainer.eval_dataset if isinstance(trainer.eval_dataset, dict) else {}
+        if eval_dataset not in named:
+            raise ConfigError("eval_dataset", f"there is no evaluation set named {eval_dataset!r}",
+                              f"pass one of {sorted(named)} or a dataset" if named else "pass a dataset")
+        eval_dataset = named[eval_dataset]
     dataset = eval_dataset if eval_dataset is not None else trainer.eval_dataset
     if dataset is None:
         raise ConfigError("eval_dataset", "evaluation needs an eval_dataset", "pass eval_dataset=... to Trainer")

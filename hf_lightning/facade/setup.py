@@ -13,12 +13,12 @@ from transformers import DataCollatorWithPadding, default_data_collator
 from transformers.trainer_utils import enable_full_determinism, set_seed
 from transformers.utils import can_return_loss, find_labels
 
-from hf_lightning.args import TrainingArguments
+from hf_lightning.args import Seq2SeqTrainingArguments, TrainingArguments
 from hf_lightning.errors import ConfigError
 from hf_lightning.tasks import infer_task, task_spec
 
 __all__ = [
-    "call_model_init", "convert_args", "default_collator", "fresh_model", "inspect_model", "label_smoother",
+    "call_model_init", "check_construction", "convert_args", "default_collator", "fresh_model", "inspect_model", "label_smoother",
     "seed", "split_callbacks",
 ]
 
@@ -29,15 +29,22 @@ def convert_args(args: Any) -> TrainingArguments:
 
     if not isinstance(args, transformers.TrainingArguments):
         raise ConfigError("args", f"expected TrainingArguments, got {type(args).__name__}", "pass hf_lightning.TrainingArguments")
-    names = {f.name for f in dataclasses.fields(transformers.TrainingArguments) if f.init}
+    # transformers' Seq2SeqTrainingArguments become ours, keeping predict_with_generate and generation_*
+    seq2seq = isinstance(args, transformers.Seq2SeqTrainingArguments)
+    source = transformers.Seq2SeqTrainingArguments if seq2seq else transformers.TrainingArguments
+    names = {f.name for f in dataclasses.fields(source) if f.init}
     values = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    generation_config = values.pop("generation_config", None)  # an object: kept as it is
     for key, value in list(values.items()):
         if hasattr(value, "value") and not isinstance(value, (int, float, str)):
             values[key] = value.value
         if hasattr(value, "to_dict") and key in {"accelerator_config"}:
             values[key] = None
     values = {k: v for k, v in values.items() if k not in {"parallelism_config", "accelerator_config"}}
-    return TrainingArguments(**json.loads(json.dumps(values, default=lambda o: getattr(o, "value", str(o)))))
+    values = json.loads(json.dumps(values, default=lambda o: getattr(o, "value", str(o))))
+    if seq2seq:
+        return Seq2SeqTrainingArguments(**values, generation_config=generation_config)
+    return TrainingArguments(**values)
 
 
 def seed(args: TrainingArguments) -> None:
@@ -104,3 +111,24 @@ def split_callbacks(callbacks: list[Any] | None) -> tuple[list[Any], list[Any]]:
     callbacks = list(callbacks or [])
     lightning = [cb for cb in callbacks if isinstance(cb, pl.Callback)]
     return [cb for cb in callbacks if not isinstance(cb, pl.Callback)], lightning
+
+
+def check_construction(trainer: Any) -> None:
+    """transformers' argument checks in ``Trainer.__init__`` (same exception types), one line each.
+
+    Caught at construction, as transformers catches them, not after a model was built and data loaded.
+    """
+    args = trainer.args
+    if args.batch_eval_metrics and trainer.compute_metrics is not None \
+            and "compute_result" not in inspect.signature(trainer.compute_metrics).parameters:
+        raise ConfigError("batch_eval_metrics", "needs a compute_metrics that takes a compute_result argument "
+                          "(True after the last batch)", "add compute_result: bool = False to compute_metrics")
+    if str(getattr(args.save_strategy, "value", args.save_strategy)) == "best" and args.metric_for_best_model is None:
+        raise ConfigError("metric_for_best_model", "must be provided when using 'best' save_strategy",
+                          "set metric_for_best_model (e.g. 'eval_loss')")
+    if trainer.optimizer_cls_and_kwargs is not None and trainer.optimizer is not None:
+        raise RuntimeError("optimizers: passing both `optimizers` and `optimizer_cls_and_kwargs` arguments is "
+                           "incompatible. Fix: pass one of them")
+    if trainer.model_init is not None and (trainer.optimizer is not None or trainer.lr_scheduler is not None):
+        raise RuntimeError("optimizers: passing a `model_init` is incompatible with providing the `optimizers` "
+                           "argument. Fix: subclass Trainer and override create_optimizer_and_scheduler")

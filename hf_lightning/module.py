@@ -75,6 +75,9 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         vocab_size: (model) tokenizer size (linked); a model built from a config gets it, a smaller
             pretrained embedding is resized to it.
         pad_token_id: (model) the tokenizer's pad id (linked); set on the model config if it has none.
+        peft_config: (model) parameter-efficient fine-tuning: ``LoraConfig`` fields (``r``,
+            ``lora_alpha``, ``target_modules``, ``lora_dropout``; another method with ``peft_type``).
+            Only the adapters train; the HF export is an adapter folder (``hf_lightning/peft.py``).
         loss: (loss) a loss from ``hf_lightning.losses`` (focal, distillation, ...); None uses the
             model's own.
         label_smoothing_factor: (loss) HF's label smoothing, applied when ``loss`` is None.
@@ -101,9 +104,6 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         gradient_checkpointing: (scale-out) use the HF model's own (non-reentrant) gradient checkpointing.
         torch_compile: (scale-out) compile the model's forward with ``torch.compile``: True, or the keyword
             arguments for it (``{"backend": "inductor", "mode": "max-autotune"}``, HF's ``torch_compile_*``).
-        peft_config: (model) parameter-efficient fine-tuning: ``LoraConfig`` fields (``r``,
-            ``lora_alpha``, ``target_modules``, ``lora_dropout``; another method with ``peft_type``).
-            Only the adapters train; the HF export is an adapter folder (``hf_lightning/peft.py``).
     """
 
     def __init__(
@@ -116,6 +116,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         id2label: dict[int, str] | None = None,
         vocab_size: int | None = None,
         pad_token_id: int | None = None,
+        peft_config: dict[str, Any] | None = None,
         loss: ModelLoss | None = None,
         label_smoothing_factor: float = 0.0,
         neftune_noise_alpha: float | None = None,
@@ -137,7 +138,6 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         preprocess_logits_for_metrics: Callable[[Any, Any], Any] | None = None,
         gradient_checkpointing: bool = False,
         torch_compile: bool | dict[str, Any] = False,
-        peft_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "host", "compute_metrics", "preprocess_logits_for_metrics"]

@@ -96,7 +96,9 @@ class Sweep:
             param_space=self.param_space(),
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode, num_samples=s.num_samples, scheduler=self.scheduler(),
-                search_alg=self.search_alg(), max_concurrent_trials=s.max_concurrent_trials,
+                search_alg=self.search_alg(),
+                # Ray applies this to Searchers (optuna); Ray's random/grid generator takes it itself.
+                max_concurrent_trials=s.max_concurrent_trials if s.search_alg == "optuna" else None,
             ),
             run_config=self.run_config(),
         )
@@ -141,7 +143,7 @@ class Sweep:
             return OptunaSearch(seed=s.seed)
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=s.seed)
+        return BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent_trials or 0)
 
     def validations(self) -> int:
         """How many validations one full trial runs (ASHA's max_t when not given): the config's epochs."""

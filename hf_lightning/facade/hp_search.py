@@ -174,12 +174,6 @@ class HyperparameterSearchMixin:
             self._module = None
             self._pl_trainer = None
 
-    @property
-    def _memory_tracker(self) -> Any:
-        from transformers.trainer_utils import TrainerMemoryTracker
-
-        return TrainerMemoryTracker(skip_memory_metrics=True)
-
     def _report_to_hp_search(self, trial: Any, step: int, metrics: dict[str, float]) -> None:
         """HF's own report (Optuna ``report``/pruning, Ray ``tune.report`` with a checkpoint when saving)."""
         from transformers import Trainer as HFTrainer

@@ -100,7 +100,7 @@ class TrainingArguments(transformers.TrainingArguments):
     evaluation_strategy: str | None = field(default=None, metadata={"help": "Deprecated: use eval_strategy."})
     warmup_ratio: float | None = field(default=None, metadata={"help": "Deprecated: use warmup_steps < 1."})
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow an output_dir that already holds checkpoints of another run."}
+        default=False, metadata={"help": "Train into an output_dir that already holds checkpoints without a warning."}
     )
     # The Lightning-only fields are typed as HfArgumentParser can read them from a command line, a JSON
     # or a YAML file: one type per field (``devices`` is a ``str`` there and normalised below, a dict

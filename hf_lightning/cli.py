@@ -1,4 +1,4 @@
-"""``hf-lightning``: the LightningCLI front door (fit / validate / test / predict).
+"""``hf-lightning``: the LightningCLI front door (fit / validate / test / predict; ``tune`` runs a sweep).
 
 Plain LightningCLI with three additions: the data module's facts (labels, vocabulary, pad id) are
 linked into the model so they are typed once; every error a user can cause is printed as one line
@@ -27,7 +27,7 @@ from hf_lightning.ray_train.options import RayOptions
 from hf_lightning.run_lock import RunLockCallback
 from hf_lightning.safe_load import read_checkpoint_header
 
-__all__ = ["HFLightningCLI", "OneLineErrorParser", "check_tags_fit_model", "main", "run_cli"]
+__all__ = ["HFLightningCLI", "OneLineErrorParser", "check_tags_fit_model", "cli_kwargs", "main", "run_cli"]
 
 DESCRIPTION = (
     "Fine-tune and evaluate Hugging Face transformers (a model name, local folder or config dict) on "
@@ -217,33 +217,44 @@ def main(args: list[str] | None = None) -> None:
     run_cli(args)
 
 
-def run_cli(args: list[str] | None = None, cli_class: type[HFLightningCLI] = HFLightningCLI) -> HFLightningCLI:
+def run_cli(args: list[str] | None = None, cli_class: type[HFLightningCLI] = HFLightningCLI) -> HFLightningCLI | None:
     """Build and run the CLI; returns it so tests and notebooks can inspect the trainer and model.
 
     ``cli_class`` is how a Ray worker builds the same CLI with Ray's strategy and report callback.
     """
     show_info_by_default()  # an application: the package's information shows, as Lightning's own does
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["tune"]:  # sweeps: a fit config plus a tune: section, run on Ray Tune
+        from hf_lightning.tune.cli import main as tune_main
+
+        tune_main(argv[1:])
+        return None
     try:
-        return cli_class(
-            HFLightningModule,
-            HFDataModule,
-            trainer_defaults={
-                # The sampler splits data by rank itself and remembers its position for exact resume.
-                "use_distributed_sampler": False,
-                # Exact mid-epoch resume, a checkpoint on SIGTERM/Ctrl-C, and checkpoint files that a
-                # killed process can never leave half-written.
-                # One run per default_root_dir at a time (a second is refused in one line).
-                "callbacks": [RunLockCallback(), HFExportCallback(), ExactResumeCallback(), PreemptionCheckpoint(), RunSummary()],
-                "plugins": [{"class_path": "hf_lightning.checkpoint_io_plugin.AtomicCheckpointIO"}],
-            },
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            parser_class=OneLineErrorParser,
-            parser_kwargs={"prog": "hf-lightning", "description": DESCRIPTION},
-            args=args,
-        )
+        return cli_class(**cli_kwargs(args))
     except ConfigError as err:
         _exit_one_line(str(err))
+
+
+def cli_kwargs(args: list[str] | None) -> dict[str, Any]:
+    """The CLI's construction arguments (``fit`` and each sweep trial build the same objects from them)."""
+    return dict(
+        model_class=HFLightningModule,
+        datamodule_class=HFDataModule,
+        trainer_defaults={
+            # The sampler splits data by rank itself and remembers its position for exact resume.
+            "use_distributed_sampler": False,
+            # Exact mid-epoch resume, a checkpoint on SIGTERM/Ctrl-C, and checkpoint files that a
+            # killed process can never leave half-written.
+            # One run per default_root_dir at a time (a second is refused in one line).
+            "callbacks": [RunLockCallback(), HFExportCallback(), ExactResumeCallback(), PreemptionCheckpoint(), RunSummary()],
+            "plugins": [{"class_path": "hf_lightning.checkpoint_io_plugin.AtomicCheckpointIO"}],
+        },
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        parser_class=OneLineErrorParser,
+        parser_kwargs={"prog": "hf-lightning", "description": DESCRIPTION},
+        args=args,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,7 +41,6 @@ from hf_lightning.facade import (
     checkpoints,
     eval_loop,
     fit,
-    hp_search,
     loaders,
     optimization,
     reporting,
@@ -49,13 +48,14 @@ from hf_lightning.facade import (
     steps,
 )
 from hf_lightning.facade.accelerate_shim import AccelerateShim
+from hf_lightning.facade.hp_search import HyperparameterSearchMixin
 from hf_lightning.facade.module import TrainerModule
 from hf_lightning.log import set_verbosity_from_args
 
 __all__ = ["Trainer"]
 
 
-class Trainer:
+class Trainer(HyperparameterSearchMixin):
     """Drop-in for ``transformers.Trainer`` (same constructor, methods and attributes)."""
 
     def __init__(
@@ -328,9 +328,3 @@ class Trainer:
 
     def remove_callback(self, callback: TrainerCallback | type) -> None:
         self.callback_handler.remove_callback(callback)
-
-    # ================================================================ hyperparameter search
-    # Extension point: ``facade/hp_search.py`` holds the search machinery; ``hyperparameter_search``
-    # is added here as a one-line delegation to it, like the methods above.
-    def _hp_search_setup(self, trial: Any) -> None:
-        hp_search.apply_trial(self, trial)

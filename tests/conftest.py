@@ -114,3 +114,94 @@ def tiny_bert_config(**overrides):
     values = dict(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     values.update(overrides)
     return transformers.BertConfig(**values)
+
+
+# ---------------------------------------------------------------- Ray (kept on 127.0.0.1)
+# Ray replaces 127.0.0.1 with the machine's network address unless this is set (DESIGN.md, Ray): with it,
+# GCS, raylet and workers listen on loopback only. Set before any test imports ray.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# `ray start` turns token auth on (Ray 2.60) and a driver joining by address sends the token only in
+# token mode (read when ray is imported): one mode for the local Ray, the started cluster and drivers.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def _ray_shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Shuts Ray down once the session ends (whichever Ray fixture started it)."""
+    yield
+    _ray_shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_session):
+    """A local Ray on 127.0.0.1 with 2 CPUs, started once and shared by the tests that ask for it."""
+    import tempfile
+
+    import ray
+
+    if ray.is_initialized() and os.environ.get("_HFL_RAY_MODE") != "local":
+        ray.shutdown()  # connected to the cluster fixture's Ray: switch back to a local one
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths are limited
+        os.environ["_HFL_RAY_MODE"] = "local"
+    return ray
+
+
+@pytest.fixture
+def ray_cluster(_ray_session):
+    """A real Ray cluster: ``ray start --head`` bound to 127.0.0.1 on a free port; stopped afterwards.
+
+    Yields the address (``127.0.0.1:<port>``); the driver is connected to it. Another engineer's Ray
+    Train tests can ask for this fixture too.
+    """
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    import ray
+
+    _ray_shutdown()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    temp = tempfile.mkdtemp(prefix="rayc", dir="/tmp")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                   check=True, env=env, capture_output=True, timeout=120)
+    try:
+        ray.init(address=address)
+        os.environ["_HFL_RAY_MODE"] = "cluster"
+        yield address
+    finally:
+        _ray_shutdown()
+        os.environ.pop("_HFL_RAY_MODE", None)
+        _stop_cluster(temp)
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """Stop this fixture's cluster only (``ray stop`` would stop every Ray on the machine): its processes
+    are the ones whose command line names its temp dir."""
+    import psutil
+
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid != os.getpid() and any(temp_dir in part for part in proc.info["cmdline"] or []):
+            procs.append(proc)
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        proc.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -147,10 +148,18 @@ def test_output_dir_holding_another_run(cls_dataset, demo_tokenizer, tmp_path: P
     first = _trainer(tmp_path, cls_dataset, demo_tokenizer, save_strategy="steps", save_steps=2)
     first.train()
     assert (tmp_path / "out" / "checkpoint-2").is_dir()
-    _raises(lambda: _trainer(tmp_path, cls_dataset, demo_tokenizer).train(), "output_dir", "another run")
+    from hf_lightning.facade.checkpoints import resolve_resume
+
+    # As transformers.Trainer: a new run trains there from scratch (resuming only when asked), and says so.
     before = sorted(p.name for p in (tmp_path / "out").iterdir())
-    _trainer(tmp_path, cls_dataset, demo_tokenizer, overwrite_output_dir=True).train()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before, "nothing lost"
+    with pytest.warns(UserWarning, match="already holds checkpoint-2.*from scratch"):
+        second = _trainer(tmp_path, cls_dataset, demo_tokenizer)
+        second.train()
+    assert second._resumed_from is None and second.state.global_step > 0
+    assert set(before) <= {p.name for p in (tmp_path / "out").iterdir()}, "nothing lost"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # overwrite_output_dir: the same, without the warning
+        resolve_resume(TrainingArguments(output_dir=str(tmp_path / "out"), overwrite_output_dir=True), None)
 
 
 def test_search_space_with_unknown_distribution() -> None:

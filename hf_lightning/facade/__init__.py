@@ -12,7 +12,7 @@ argument, so the parts call back through ``trainer.<method>`` and overrides keep
 * ``checkpoints``: resume resolution, ``checkpoint-N`` saving and rotation, best-model reload, ``save_model``
 * ``reporting``: ``log`` (state.log_history, Lightning loggers, ``on_log``) and FLOP counting
 * ``fit``: ``train()``: builds the ``TrainerModule`` and ``lightning.Trainer`` and runs ``fit``
-* ``hp_search``: applying a hyperparameter trial to the arguments (sweeps build on it)
+* ``hp_search``: ``hyperparameter_search`` (HF's Optuna / Ray drivers) and the trial protocol they call
 * ``module``: ``TrainerModule``, the LightningModule that calls the trainer's HF hooks
 * ``accelerate_shim``: ``trainer.accelerator`` (accelerate's method names on Lightning)
 

@@ -82,6 +82,14 @@ class AccelerateShim:
             return tensor
         return trainer.strategy.reduce(tensor, reduce_op="mean" if reduction == "mean" else "sum")
 
+    def clear(self) -> None:
+        """accelerate's ``clear()``: free what the last run left (a search calls it between trials)."""
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def wait_for_everyone(self) -> None:
         if self._trainer is not None:
             self._trainer.strategy.barrier()

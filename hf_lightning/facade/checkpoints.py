@@ -7,6 +7,7 @@ The writing itself (atomic folders, rotation) lives in ``callbacks/hf_checkpoint
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,18 @@ logger = get_logger(__name__)
 def resolve_resume(args: Any, resume_from_checkpoint: str | bool | None) -> str | None:
     """The checkpoint folder to resume from (``True``: the latest valid one in ``output_dir``), or None.
 
-    Starting afresh in an ``output_dir`` that holds another run's checkpoints is refused unless
-    ``overwrite_output_dir`` is set, so a forgotten ``resume_from_checkpoint`` does not mix two runs.
+    Starting afresh in an ``output_dir`` that holds another run's checkpoints trains there, as
+    transformers does (a search's trials do), with a warning naming them unless ``overwrite_output_dir``
+    is set, so a forgotten ``resume_from_checkpoint`` is noticed.
     """
     output_dir = Path(args.output_dir)
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
-        if output_dir.is_dir() and list_checkpoints(output_dir) and not args.overwrite_output_dir:
-            raise ConfigError(
-                "output_dir",
-                f"{str(output_dir)!r} already holds checkpoints of another run",
-                "pass resume_from_checkpoint=True to continue it, overwrite_output_dir=True, or a new output_dir",
+        existing = list_checkpoints(output_dir) if output_dir.is_dir() else []
+        if existing and not args.overwrite_output_dir:
+            warnings.warn(
+                f"output_dir {str(output_dir)!r} already holds {', '.join(p.name for p in existing)}: "
+                "training from scratch beside them (resume_from_checkpoint=True continues the latest)",
+                stacklevel=4,
             )
         return None
     if resume_from_checkpoint is True:

@@ -77,6 +77,7 @@ def evaluate_during_training(trainer: Any) -> dict[str, float]:
     else:
         metrics = trainer.evaluate()
     step_plateau(trainer.lr_scheduler, metrics, trainer.args.metric_for_best_model)
+    trainer._report_to_hp_search(trainer._trial, trainer.state.global_step, metrics)  # HF: at every evaluation
     return metrics
 
 

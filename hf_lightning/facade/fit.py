@@ -39,13 +39,13 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     trainer._memory_tracker.start()  # skip_memory_metrics=False: HF's train_mem_* metrics
     if resume_from_checkpoint is None and args.resume_from_checkpoint:
         resume_from_checkpoint = args.resume_from_checkpoint
+    if trial is not None:  # a search trial: its parameters, its run folder, model_init(trial)
+        trainer._hp_search_setup(trial)
+    elif trainer.model_init is not None:  # HF: a fresh model for every train() call
+        trainer._fresh_model()
     check_eval_setup(trainer)
     resume_dir = checkpoints.resolve_resume(args, resume_from_checkpoint)
     trainer._resumed_from = resume_dir
-    if trainer.model_init is not None and trial is None:  # HF: a fresh model for every train() call
-        trainer._fresh_model()
-    if trial is not None:
-        trainer._hp_search_setup(trial)
     train_loader = trainer.get_train_dataloader()
     batches = loaders.batches_per_epoch(train_loader)
     if batches is None and (args.max_steps is None or args.max_steps <= 0):

@@ -1,4 +1,6 @@
-"""Hyperparameter search: backend-neutral search spaces (Ray Tune and Optuna adapters come next)."""
+"""Sweeps: ``space.py`` (search spaces, parsed once), ``settings.py`` (the ``tune:`` section),
+``ray.py`` (a Ray Tune run of one ``fit`` per trial), ``report.py`` (results table, CSV/JSON, plot, best
+config) and ``cli.py`` (``hf-lightning tune``). Importing this package does not import Ray."""
 
 from hf_lightning.tune.space import DISTRIBUTIONS, ParamSpec, parse_search_space
 

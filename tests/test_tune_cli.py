@@ -1,0 +1,174 @@
+"""``hf-lightning tune``: a fit config plus a ``tune:`` section, swept on a real Ray Tune (loopback only)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_MODELS
+
+GOOD_LR, HOPELESS_LR = 3e-3, 5.0
+
+
+def _sweep_config(tmp_path: Path, tune: dict, **trainer) -> Path:
+    """A tiny fit config (the demo data, 1-layer BERT, 3 epochs of 4 steps) with a ``tune:`` section."""
+    config = {
+        "seed_everything": 0,
+        "model": {"task": "sequence-classification", "model": TINY_MODELS["bert"], "learning_rate": GOOD_LR},
+        "data": {"dataset": "demo:sentiment", "tokenizer": "demo:tokenizer", "max_length": 32, "batch_size": 16,
+                 "max_train_samples": 64, "max_eval_samples": 32},
+        "trainer": {"max_epochs": 3, "accelerator": "cpu", "devices": 1, "enable_model_summary": False, **trainer},
+        "tune": {"storage_path": str(tmp_path / "sweeps"), "resources_per_trial": {"cpu": 1}, **tune},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _tune(*args: str) -> None:
+    from hf_lightning.cli import main
+
+    main(["tune", *args])
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "results.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+class RecordFits(pl.Callback):
+    """Appends ``<event> <learning rate>`` to a file at each fit start and validation (which trials ran)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def _write(self, event: str, pl_module: pl.LightningModule) -> None:
+        with self.path.open("a") as handle:
+            handle.write(f"{event} {pl_module.hparams['learning_rate']}\n")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write("fit", pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._write("validated", pl_module)
+
+
+class FailOnce(pl.Callback):
+    """Raises at the end of the second epoch of the first trial that gets there (a crashed worker)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = Path(marker)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 1 and not self.marker.exists():
+            self.marker.write_text("failed once")
+            raise RuntimeError("simulated worker crash")
+
+
+# ---------------------------------------------------------------- bad input: one line, before any trial
+@pytest.mark.parametrize(("tune", "expected"), [
+    ({"search_space": {"model.lerning_rate": {"distribution": "loguniform", "low": 1e-4, "high": 1e-2}}},
+     "error: tune.search_space.model.lerning_rate: is not a field of the fit config"),
+    ({"search_space": {"model.learning_rate": {"distribution": "log_uniform", "low": 1e-4, "high": 1e-2}}},
+     "error: search_space.model.learning_rate: unknown distribution 'log_uniform'. Fix: did you mean 'loguniform'?"),
+    ({"search_space": {"model.learning_rate": {"distribution": "choice", "values": [1e-3]}}, "metric": "val_acc"},
+     "error: tune.metric: 'val_acc' is never logged at validation (logged: eval_accuracy, eval_f1, eval_loss)"),
+    ({"search_space": {"model.learning_rate": {"distribution": "choice", "values": [1e-3]}}, "sheduler": "asha"},
+     "error: tune.sheduler: is not a tune setting. Fix: did you mean 'scheduler'?"),
+    ({"search_space": {"model.learning_rate": {"distribution": "grid", "values": [1e-3]}}, "search_alg": "optuna"},
+     "error: tune.search_space.model.learning_rate: grid values cannot be searched by optuna"),
+])
+def test_bad_sweep_input_is_one_line(tmp_path: Path, demo_assets, capsys, tune: dict, expected: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        _tune("--config", str(_sweep_config(tmp_path, tune)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and err[-1].startswith(expected), err[-1]
+    assert not (tmp_path / "sweeps").exists(), "no trial ran"
+
+
+def test_without_ray_the_error_names_the_extra(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "from hf_lightning.cli import main\n"
+            f"main(['tune', '--config', {str(tmp_path / 'x.yaml')!r}])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        'error: tune: Ray Tune is not installed. Fix: pip install "hf-lightning[ray]"')
+
+
+# ---------------------------------------------------------------- sweeps on Ray
+@pytest.mark.slow
+def test_asha_sweep_stops_the_hopeless_trial_retries_a_crash_and_writes_a_reproducible_best(
+        ray_local, tmp_path: Path, demo_assets, monkeypatch) -> None:
+    from hf_lightning.cli import run_cli
+
+    marker = tmp_path / "crashed"
+    config = _sweep_config(
+        tmp_path,
+        {"search_space": {"model.learning_rate": {"distribution": "grid", "values": [GOOD_LR, HOPELESS_LR]}},
+         "scheduler": "asha", "max_concurrent_trials": 1, "max_failures": 1, "num_samples": 1},
+        callbacks=[{"class_path": "tests.test_tune_cli.FailOnce", "init_args": {"marker": str(marker)}}])
+    _tune("--config", str(config))
+    run_dir = tmp_path / "sweeps" / "sweep"
+    rows = {float(r["model.learning_rate"]): r for r in _rows(run_dir)}
+    assert marker.exists(), "the good trial crashed once"
+    assert rows[GOOD_LR]["status"] == "TERMINATED" and rows[GOOD_LR]["iterations"] == "3", "retried and finished"
+    assert rows[HOPELESS_LR]["status"] == "STOPPED_EARLY" and rows[HOPELESS_LR]["iterations"] == "1", rows
+    summary = json.loads((run_dir / "results.json").read_text())
+    assert summary["best"]["params"] == {"model.learning_rate": GOOD_LR}
+    assert (run_dir / "results.png").stat().st_size > 0 and Path(summary["best"]["checkpoint"]).is_dir()
+    # the best trial's YAML reproduces its metric with a plain fit (also across the crash: resume is exact)
+    monkeypatch.chdir(tmp_path)
+    best = yaml.safe_load((run_dir / "best_config.yaml").read_text())
+    best["trainer"]["callbacks"] = []
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump(best))
+    cli = run_cli(["fit", "--config", str(tmp_path / "best.yaml"), "--trainer.enable_progress_bar=false"])
+    assert float(cli.trainer.callback_metrics["eval_loss"]) == pytest.approx(summary["best"]["eval_loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_on_a_cluster_resumes_only_the_missing_trials(ray_cluster, tmp_path: Path,
+                                                                         demo_assets) -> None:
+    log = tmp_path / "fits.log"
+    config = _sweep_config(
+        tmp_path,
+        {"search_space": {"model.learning_rate": {"distribution": "grid", "values": [1e-3, 2e-3, 3e-3]}},
+         "max_concurrent_trials": 1, "num_samples": 1, "address": ray_cluster}, max_epochs=2, num_sanity_val_steps=0,
+        callbacks=[{"class_path": "tests.test_tune_cli.RecordFits", "init_args": {"path": str(log)}}])
+    run_dir = tmp_path / "sweeps" / "sweep"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.Popen([sys.executable, "-m", "hf_lightning", "tune", "--config", str(config)], cwd=tmp_path,
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 400
+        while True:  # one trial at a time: once a second trial has checkpointed, the first one is finished
+            started = [line.split()[1] for line in (log.read_text() if log.exists() else "").splitlines()
+                       if line.startswith("fit ")]
+            if len(started) == 2 and list(run_dir.glob(f"fit_trial_*rate={float(started[1]):.4f}_*/checkpoint_000000")):
+                break
+            assert proc.poll() is None and time.time() < deadline, "the sweep should still be running"
+            time.sleep(0.5)
+        time.sleep(3)  # Ray records the reported checkpoint in its experiment state
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep; the cluster stays up
+        proc.wait()
+    finished, interrupted = started
+    _tune("--resume", str(run_dir))
+    rows = _rows(run_dir)
+    assert len(rows) == 3 and all(r["status"] == "TERMINATED" and r["iterations"] == "2" for r in rows), rows
+    fits = log.read_text().splitlines()
+    assert fits.count(f"fit {finished}") == 1, "the finished trial did not run again"
+    assert fits.count(f"validated {interrupted}") == 2, "the interrupted trial went on from its checkpoint"
+    (missing,) = {"0.001", "0.002", "0.003"} - {finished, interrupted}
+    assert fits.count(f"fit {missing}") == 1 and fits.count(f"validated {missing}") == 2

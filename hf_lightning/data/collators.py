@@ -15,11 +15,40 @@ import torch
 from hf_lightning.data.tokenization import TAGS_KEY
 from hf_lightning.errors import ConfigError
 
-__all__ = ["CollatorName", "TagPaddingCollator", "build_collator", "check_collator_settings", "datamodule_collator"]
+__all__ = [
+    "CollatorName", "PackedCollator", "TagPaddingCollator", "build_collator", "check_collator_settings",
+    "datamodule_collator",
+]
 
-CollatorName = Literal["auto", "two_view"]
+CollatorName = Literal["auto", "two_view", "packed"]
 """``auto``: the task's HF collator on pre-tokenised rows. ``two_view``: raw text rows batched by
-``TwoViewCollator`` into two views for ``ContrastiveLoss``."""
+``TwoViewCollator`` into two views for ``ContrastiveLoss``. ``packed``: causal-LM rows packed into one
+row without padding (``PackedCollator``)."""
+
+
+class PackedCollator:
+    """Padding-free packing for causal LMs: a batch becomes one row, no pad tokens.
+
+    transformers' ``DataCollatorWithFlattening`` concatenates the rows, restarts ``position_ids`` at 0
+    for each one and sets each row's first label to -100 (so no token is predicted across a
+    boundary); with no ``attention_mask`` and no KV cache, transformers' masking reads the position
+    ids and builds a block-diagonal causal mask (SDPA/eager on CPU, varlen kernels under flash
+    attention). ``use_cache=False`` rides in the batch because with a cache (the config's default)
+    transformers skips that detection and the rows would attend to each other. The loss is the
+    per-token mean over the same scored tokens as the padded batch.
+    """
+
+    def __init__(self) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        self._flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        rows = [{k: v for k, v in f.items() if k in ("input_ids", "labels")} for f in features]
+        batch = {**self._flatten(rows, return_tensors="pt"), "use_cache": False}
+        if "token_type_ids" in features[0]:  # GPT-2 embeds them: keep them to stay equal to the padded batch
+            batch["token_type_ids"] = torch.tensor([[t for f in features for t in f["token_type_ids"]]])
+        return batch
 
 
 def build_collator(task: str, tokenizer: Any, mlm_probability: float = 0.15) -> Callable:
@@ -67,6 +96,11 @@ class TagPaddingCollator:
 
 def check_collator_settings(task: str, collator: str, text_columns: list[str], tag_column: str | None) -> None:
     """Refuse combinations that would silently produce batches the model cannot use."""
+    if collator == "packed" and task != "causal-lm":
+        raise ConfigError(
+            "data.collator", f"packed needs task causal-lm, got {task}",
+            "use collator auto (padding) for other tasks",
+        )
     if collator == "two_view" and task in {"token-classification", "seq2seq-lm"}:
         raise ConfigError(
             "data.collator",
@@ -117,4 +151,6 @@ def datamodule_collator(
             raise ConfigError(f"data.{err.field}", err.problem, err.fix) from None
     if tag_column is not None:
         return TagPaddingCollator(tokenizer)
+    if collator == "packed":
+        return PackedCollator()
     return build_collator(task, tokenizer, mlm_probability)

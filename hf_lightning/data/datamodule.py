@@ -68,6 +68,8 @@ class HFDataModule(pl.LightningDataModule):
             keep the raw text and let ``TwoViewCollator`` tokenise two views per row at batch time
             (``ContrastiveLoss``); a second text column is the second view, else view two is view
             one with words dropped. Labels are not read: the pairing is the supervision.
+            ``packed`` (causal-lm): padding-free packing, each batch one row with position ids
+            restarting per sequence and no attention across sequences (``PackedCollator``).
         word_dropout: ``two_view`` only: share of words dropped to make view two from view one.
         tag_column: per-word tags for a multi-task model (``MultiTaskModel``): ``text_column`` then
             holds a list of words, ``label_column`` the sentence label (batch key ``labels``) and

@@ -61,3 +61,29 @@ def test_packing_is_for_causal_lm_only(task_files, demo_assets) -> None:
     with pytest.raises(ConfigError, match="data.collator: packed needs task causal-lm"):
         HFDataModule(dataset="json", data_files=task_files["cls"], tokenizer=demo_assets["tokenizer"],
                      task="sequence-classification", label_column="label", collator="packed")
+
+
+def test_trainer_facade_trains_the_same_with_packed_collator(demo_tokenizer, tmp_path) -> None:
+    import transformers
+
+    from hf_lightning.args import TrainingArguments
+    from hf_lightning.data.collators import PackedCollator
+    from hf_lightning.trainer import Trainer
+
+    rows = [{"input_ids": [(i * 5 + j) % 60 + 4 for j in range(3 + (i * 7) % 11)]} for i in range(12)]
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                                      pad_token_id=0)
+    transformers.set_seed(0)
+    base = transformers.LlamaForCausalLM(config)
+    weights = {}
+    for name, collator in (("padded", transformers.DataCollatorForLanguageModeling(demo_tokenizer, mlm=False)),
+                           ("packed", PackedCollator())):
+        model = copy.deepcopy(base)
+        args = TrainingArguments(output_dir=str(tmp_path / name), per_device_train_batch_size=4, max_steps=3,
+                                 learning_rate=1e-3, train_sampling_strategy="sequential", report_to="none",
+                                 use_cpu=True, disable_tqdm=True, save_strategy="no", seed=0)
+        Trainer(model=model, args=args, train_dataset=rows, data_collator=collator).train()
+        weights[name] = model.state_dict()
+    assert max((weights["padded"][k] - base.state_dict()[k]).abs().max().item() for k in weights["padded"]) > 1e-4
+    assert max((weights["padded"][k] - v).abs().max().item() for k, v in weights["packed"].items()) <= 1e-5

@@ -31,7 +31,8 @@ __all__ = ["HFLightningCLI", "OneLineErrorParser", "check_tags_fit_model", "cli_
 
 DESCRIPTION = (
     "Fine-tune and evaluate Hugging Face transformers (a model name, local folder or config dict) on "
-    "PyTorch Lightning from YAML configs (subcommands below). "
+    "PyTorch Lightning from YAML configs (subcommands below; hf-lightning tune --config X.yaml runs a "
+    "hyperparameter sweep on Ray Tune). "
     "Start with: hf-lightning fit --config configs/quickstart.yaml"
 )
 

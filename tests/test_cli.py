@@ -126,4 +126,4 @@ def test_help_says_what_the_tool_is(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("usage: hf-lightning")
     assert "Hugging Face transformers" in out.stdout and "Lightning Trainer command line tool" not in out.stdout
-    assert "hf-lightning tune --config" in " ".join(out.stdout.split())  # the sweep subcommand is named
+    assert "lightning tune --config" in " ".join(out.stdout.split())  # the sweep subcommand is named

@@ -11,7 +11,8 @@ from hf_lightning.args import TrainingArguments
 from hf_lightning.trainer import Trainer
 from tests.conftest import tiny_bert_classifier
 
-LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"], "lora_dropout": 0.0}
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"], "lora_dropout": 0.0,
+             "fan_in_fan_out": True}
 
 
 def _lora_model(vocab_size: int):
@@ -114,14 +115,62 @@ def test_peft_config_errors_are_one_line() -> None:
         HFLightningModule(model=TINY_MODELS["bert"], num_labels=2, vocab_size=100, peft_config={"peft_type": "nope"})
 
 
-def test_accumulation_with_lora_equals_one_big_batch(cls_dataset, demo_tokenizer, tmp_path: Path) -> None:
-    """4 micro-batches of 2 give the adapters of one batch of 8 (token-exact accumulation holds with LoRA)."""
+GPT2_LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "lora_dropout": 0.0,
+             "fan_in_fan_out": True}
+
+
+def _lora_lm(vocab: int):
+    from hf_lightning import HFLightningModule
+    from tests.workers.shared import tiny_gpt2_config
+
+    torch.manual_seed(0)
+    return HFLightningModule(model=tiny_gpt2_config(vocab), task="causal-lm", optim="sgd", learning_rate=1.0,
+                             peft_config=GPT2_LORA)
+
+
+def test_accumulation_with_lora_equals_one_big_batch_on_uneven_causal_lm(tmp_path: Path) -> None:
+    """4 micro-batches of 2 (accumulation 4) train the same LoRA adapters as one batch of 8.
+
+    Causal LM rows of 2 to 13 words padded per micro-batch hold very different token counts, so the
+    plain mean of micro-batch means (Lightning's default) gives a different update: the control below
+    measures it on the same data, so this test fails if token-exact normalisation is lost.
+    """
+    import lightning.pytorch as pl
+
+    from hf_lightning.data import build_collator, build_dataloader
+    from tests.workers.shared import causal_lm_dataset
+
+    data, tok = causal_lm_dataset(16)
+    collate = build_collator("causal-lm", tok)
+    tokens = [len(x) for x in data["input_ids"]]
+    assert max(tokens) > 2 * min(tokens), "uneven rows are what makes the naive mean of means wrong"
     runs = {}
     for name, (batch, accumulation) in {"big": (8, 1), "accumulated": (2, 4)}.items():
-        trainer = Trainer(model=_lora_model(len(demo_tokenizer)), train_dataset=cls_dataset, processing_class=demo_tokenizer,
-                          args=_args(tmp_path / name, per_device_train_batch_size=batch, max_steps=3,
-                                     gradient_accumulation_steps=accumulation, save_strategy="no"))
-        trainer.train()
-        runs[name] = _trainable(trainer.model)
+        module = _lora_lm(len(tok))
+        initial, frozen = _trainable(module), _frozen(module)
+        loader = build_dataloader(data, batch, collate, train=True, shuffle=False)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=2, accumulate_grad_batches=accumulation, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             use_distributed_sampler=False, default_root_dir=tmp_path)
+        trainer.fit(module, train_dataloaders=loader)
+        runs[name] = _trainable(module)
+        assert set(runs[name]) and all("lora_" in n for n in runs[name]), "only the adapters train"
+        assert all(torch.equal(v, frozen[n]) for n, v in _frozen(module).items()), "the frozen base changed"
+    # Both steps moved both adapter matrices (lora_B starts at zero, so lora_A first moves in step 2).
+    assert all(not torch.equal(v, initial[n]) for n, v in runs["big"].items())
     for name, value in runs["big"].items():
         torch.testing.assert_close(runs["accumulated"][name], value, rtol=0, atol=1e-5, msg=name)
+
+    # Control: the same two SGD steps with each micro-batch's mean loss divided by 4 (mean of means).
+    naive = _lora_lm(len(tok))
+    params = [p for p in naive.parameters() if p.requires_grad]
+    for step in range(2):
+        for micro in range(4):
+            start = step * 8 + micro * 2
+            (naive.compute_loss(collate([data[start], data[start + 1]])).loss / 4).backward()
+        with torch.no_grad():
+            for p in params:
+                p -= 1.0 * p.grad
+                p.grad = None
+    naive_gap = max((v - runs["big"][n]).abs().max().item() for n, v in _trainable(naive).items())
+    assert naive_gap > 1e-4, f"the control should differ measurably, got {naive_gap}"

@@ -174,3 +174,46 @@ def test_accumulation_with_lora_equals_one_big_batch_on_uneven_causal_lm(tmp_pat
                 p.grad = None
     naive_gap = max((v - runs["big"][n]).abs().max().item() for n, v in _trainable(naive).items())
     assert naive_gap > 1e-4, f"the control should differ measurably, got {naive_gap}"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_native_lora_under_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
+    """peft_config under strategy="ddp", devices=2 (gloo): 2 ranks x batch 2 == one process x batch 4.
+
+    The adapters match the one-process run, the frozen base is bit for bit unchanged, and the adapter
+    folder rank 0 writes loads with ``PeftModel.from_pretrained`` onto a fresh base.
+    """
+    import subprocess
+    import sys
+
+    from peft import PeftModel
+
+    from hf_lightning import HFLightningModule
+    from tests.workers.shared import tiny_gpt2_config
+
+    worker = Path(__file__).parent / "workers" / "dist_worker.py"
+    runs = {}
+    for name, world in (("single", 1), ("ddp", 2)):
+        out = tmp_path / f"lora-{name}.pt"
+        run = subprocess.run([sys.executable, str(worker), "lora", str(out), str(world)], capture_output=True,
+                             text=True, timeout=400, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-4000:]
+        runs[name] = torch.load(out, weights_only=False)
+    single, ddp = runs["single"]["adapters"], runs["ddp"]["adapters"]
+    assert set(single) == set(ddp) and single and all("lora_" in n for n in ddp)
+    gap = max((ddp[n] - single[n]).abs().max().item() for n in single)
+    assert gap <= 1e-5, f"DDP adapters differ from one process by {gap}"
+    assert all(ddp[n].abs().max() > 0 for n in ddp if "lora_B" in n), "the adapters trained"
+    assert runs["ddp"]["frozen_count"] > 0 and runs["ddp"]["base_unchanged"], "the frozen base changed under DDP"
+
+    folder = Path(runs["ddp"]["export"])
+    assert (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
+    torch.manual_seed(0)  # the worker's seed: the same base weights, built without peft_config
+    vocab = runs["ddp"]["logits"].shape[-1]
+    base = HFLightningModule(model=tiny_gpt2_config(vocab), task="causal-lm").model
+    reloaded = PeftModel.from_pretrained(base, str(folder)).eval()
+    batch = runs["ddp"]["batch"]
+    with torch.no_grad():
+        logits = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(logits, runs["ddp"]["logits"], rtol=0, atol=1e-6)

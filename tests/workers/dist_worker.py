@@ -75,6 +75,33 @@ def weights(out: str, world: int, strategy_name: str) -> None:
         torch.save({"losses": losses, "export": str(export), "eval": module.last_eval_metrics}, out)
 
 
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "lora_dropout": 0.0, "fan_in_fan_out": True}
+
+
+def lora(out: str, world: int) -> None:
+    """A few AdamW steps of a LoRA-wrapped tiny GPT-2 (causal LM, uneven rows) at a global batch of 4."""
+    torch.manual_seed(0)
+    data, tok = causal_lm_dataset(16)
+    module = HFLightningModule(model=tiny_gpt2_config(len(tok)), task="causal-lm", learning_rate=1e-2,
+                               peft_config=LORA)
+    frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}
+    collate = build_collator("causal-lm", tok)
+    loader = build_dataloader(data, 4 // world, collate, train=True, shuffle=False)
+    trainer = _trainer("ddp" if world > 1 else "auto", world, [], max_steps=4)
+    trainer.fit(module, train_dataloaders=loader)
+    export = Path(out).with_suffix(".adapter")
+    module.save_hf_pretrained(export)
+    if trainer.is_global_zero:
+        module.eval()
+        with torch.no_grad():
+            batch = collate([data[i] for i in range(4)])
+            logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        params = dict(module.named_parameters())
+        torch.save({"adapters": {n: p.detach().clone() for n, p in params.items() if p.requires_grad},
+                    "base_unchanged": all(torch.equal(params[n].detach(), v) for n, v in frozen.items()),
+                    "frozen_count": len(frozen), "export": str(export), "batch": batch, "logits": logits}, out)
+
+
 def facade(out: str, world: int, parallel: str) -> None:
     """The HF-style Trainer with TrainingArguments naming the parallelism (ddp via devices, or fsdp)."""
     import transformers
@@ -152,6 +179,8 @@ if __name__ == "__main__":
         accumulation(out, world)
     elif mode in ("ddp", "single", "fsdp"):
         weights(out, world, mode)
+    elif mode == "lora":
+        lora(out, world)
     elif mode.startswith("facade-"):
         facade(out, world, mode.split("-", 1)[1])
     else:

@@ -124,12 +124,12 @@ def _lora_lm(vocab: int):
     from tests.workers.shared import tiny_gpt2_config
 
     torch.manual_seed(0)
-    return HFLightningModule(model=tiny_gpt2_config(vocab), task="causal-lm", optim="sgd", learning_rate=1.0,
+    return HFLightningModule(model=tiny_gpt2_config(vocab), task="causal-lm", optim="sgd", learning_rate=1.0, lr_scheduler_type="constant",
                              peft_config=GPT2_LORA)
 
 
 def test_accumulation_with_lora_equals_one_big_batch_on_uneven_causal_lm(tmp_path: Path) -> None:
-    """4 micro-batches of 2 (accumulation 4) train the same LoRA adapters as one batch of 8.
+    """4 micro-batches of 2 (accumulation 4) train the same LoRA adapters as one batch of 8, in both front doors.
 
     Causal LM rows of 2 to 13 words padded per micro-batch hold very different token counts, so the
     plain mean of micro-batch means (Lightning's default) gives a different update: the control below
@@ -158,10 +158,18 @@ def test_accumulation_with_lora_equals_one_big_batch_on_uneven_causal_lm(tmp_pat
         assert all(torch.equal(v, frozen[n]) for n, v in _frozen(module).items()), "the frozen base changed"
     # Both steps moved both adapter matrices (lora_B starts at zero, so lora_A first moves in step 2).
     assert all(not torch.equal(v, initial[n]) for n, v in runs["big"].items())
+    # The facade with the PEFT model: the same adapters (HF's column pruning reads the base model's
+    # forward, so GPT-2 keeps its token_type_ids as in the native run).
+    model = _lora_lm(len(tok)).model
+    Trainer(model=model, train_dataset=data, data_collator=collate,
+            args=_args(tmp_path / "facade", per_device_train_batch_size=2, gradient_accumulation_steps=4, max_steps=2,
+                       learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", save_strategy="no")).train()
+    runs["facade"] = {f"model.{n}": v for n, v in _trainable(model).items()}
     for name, value in runs["big"].items():
         torch.testing.assert_close(runs["accumulated"][name], value, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(runs["facade"][name], value, rtol=0, atol=1e-5, msg=name)
 
-    # Control: the same two SGD steps with each micro-batch's mean loss divided by 4 (mean of means).
+    # Control: the same two SGD steps (constant lr) with each micro-batch's mean loss divided by 4 (mean of means).
     naive = _lora_lm(len(tok))
     params = [p for p in naive.parameters() if p.requires_grad]
     for step in range(2):

@@ -119,7 +119,10 @@ class _RankShard(IterableDataset):
 
 
 def _signature_columns(trainer: Any) -> list[str]:
-    forward = getattr(trainer.model, "forward", trainer.model.__call__)
+    # As HF: a PEFT model's forward takes **kwargs, so the base model's forward says which columns
+    # it uses (GPT-2's token_type_ids, for one, would otherwise be dropped).
+    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    forward = getattr(model, "forward", model.__call__)
     return [*inspect.signature(forward).parameters, "label", "label_ids", "labels", *trainer.label_names]
 
 

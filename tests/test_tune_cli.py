@@ -64,6 +64,26 @@ class RecordFits(pl.Callback):
             self._write("validated", pl_module)
 
 
+class HoldLaterTrials(pl.Callback):
+    """Holds every trial but the first at its second epoch while ``marker`` exists.
+
+    The interrupted-sweep test kills the driver while the second trial waits here, after its first
+    checkpoint: on a fast machine that trial would otherwise finish (or the whole sweep end) before the kill.
+    """
+
+    def __init__(self, log: str, marker: str) -> None:
+        self.fits_path = Path(log)  # not self.log: that name would shadow a Callback method
+        self.hold_marker = Path(marker)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fits = [line.split()[1] for line in self.fits_path.read_text().splitlines() if line.startswith("fit ")]
+        if trainer.current_epoch < 1 or not fits or fits[0] == str(pl_module.hparams["learning_rate"]):
+            return
+        deadline = time.time() + 300
+        while self.hold_marker.exists() and time.time() < deadline:
+            time.sleep(0.2)
+
+
 class FailOnce(pl.Callback):
     """Raises at the end of the second epoch of the first trial that gets there (a crashed worker)."""
 
@@ -141,11 +161,15 @@ def test_asha_sweep_stops_the_hopeless_trial_retries_a_crash_and_writes_a_reprod
 def test_interrupted_sweep_on_a_cluster_resumes_only_the_missing_trials(ray_cluster, tmp_path: Path,
                                                                          demo_assets) -> None:
     log = tmp_path / "fits.log"
+    hold = tmp_path / "hold"  # the second trial waits at its second epoch until the driver is killed
+    hold.touch()
     config = _sweep_config(
         tmp_path,
         {"search_space": {"model.learning_rate": {"distribution": "grid", "values": [1e-3, 2e-3, 3e-3]}},
          "max_concurrent_trials": 1, "num_samples": 1, "address": ray_cluster}, max_epochs=2, num_sanity_val_steps=0,
-        callbacks=[{"class_path": "tests.test_tune_cli.RecordFits", "init_args": {"path": str(log)}}])
+        callbacks=[{"class_path": "tests.test_tune_cli.RecordFits", "init_args": {"path": str(log)}},
+                   {"class_path": "tests.test_tune_cli.HoldLaterTrials",
+                    "init_args": {"log": str(log), "marker": str(hold)}}])
     run_dir = tmp_path / "sweeps" / "sweep"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.Popen([sys.executable, "-m", "hf_lightning", "tune", "--config", str(config)], cwd=tmp_path,
@@ -163,6 +187,7 @@ def test_interrupted_sweep_on_a_cluster_resumes_only_the_missing_trials(ray_clus
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep; the cluster stays up
         proc.wait()
+        hold.unlink()
     finished, interrupted = started
     _tune("--resume", str(run_dir))
     rows = _rows(run_dir)

@@ -23,7 +23,7 @@ from hf_lightning.losses.base import split_labels
 from hf_lightning.metrics import PredictionCollector, TaskMetrics
 from hf_lightning.optim import set_optimizer_mode, step_plateau
 
-__all__ = ["EvaluationMixin", "PaddingTrimmer", "eval_batches", "move_to_device"]
+__all__ = ["EvaluationMixin", "PaddingTrimmer", "eval_batches", "eval_rows", "move_to_device"]
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -47,6 +47,25 @@ def eval_batches(module: nn.Module, dataloader: Iterable[Any], trainer: Any = No
         batch = move_to_device(batch, device)
         with torch.no_grad(), precision_ctx():
             yield batch
+
+
+def eval_rows(dataloader: Any) -> int | None:
+    """How many real rows this rank evaluates from ``dataloader``; None when its size is unknown.
+
+    It sizes the host arrays that keep predictions for ``compute_metrics`` (``metrics.PredictionCollector``):
+    the evaluation shard's real rows, else the sampler's length (an upper bound under ``drop_last``);
+    an ``IterableDataset`` or an unsized sampler has none.
+    """
+    sampler = getattr(dataloader, "sampler", None)
+    real = getattr(sampler, "real_count", None)
+    if real is not None:
+        return int(real)
+    if isinstance(getattr(dataloader, "dataset", None), torch.utils.data.IterableDataset):
+        return None
+    try:
+        return len(sampler)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 class PaddingTrimmer:
@@ -137,7 +156,14 @@ class EvaluationMixin(pl.LightningModule):
         self._eval_window.reset()
         self._eval_has_labels = False
         if self.prediction_collector is not None:
-            self.prediction_collector.reset()
+            self.prediction_collector.reset(self._eval_set_rows())
+
+    def _eval_set_rows(self) -> int | None:
+        """Rows this rank evaluates across the loop's dataloaders; None when any has no known size."""
+        loaders = self.trainer.test_dataloaders if self.trainer.testing else self.trainer.val_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        rows = [eval_rows(loader) for loader in loaders]
+        return None if not rows or None in rows else sum(r for r in rows if r is not None)
 
     on_test_epoch_start = on_validation_epoch_start
 

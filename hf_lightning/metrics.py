@@ -72,6 +72,16 @@ def _detached_cpu(tensors: Any) -> Any:
     return tensors
 
 
+def _detached(tensors: Any) -> Any:
+    return _tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tensors)
+
+
+def _on_host(tensors: Any) -> bool:
+    leaves: list[Any] = []
+    _tree_map(leaves.append, tensors)
+    return all(not isinstance(t, torch.Tensor) or t.device.type == "cpu" for t in leaves)
+
+
 def _take(arrays: Any, order: np.ndarray) -> Any:
     if isinstance(arrays, (list, tuple)):
         return type(arrays)(_take(a, order) for a in arrays)
@@ -101,14 +111,109 @@ def _merge_ranks(per_rank: list[Any], concat: bool) -> Any:
     return merged
 
 
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A host numpy array of ``tensor`` (a view when it is already on the host), bfloat16 as float32 as in HF."""
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return np.atleast_1d(tensor.cpu().numpy())
+
+
+class _HostArray:
+    """One array of the evaluation's results, written batch by batch into memory allocated once.
+
+    transformers concatenates each batch onto everything before it (and pads across batches), so the
+    logits exist twice at the end of an evaluation. Here the rows go into an array sized for the whole
+    evaluation set (``np.empty``: pages are taken only when rows are written, so a generous size costs
+    nothing), padded with ``padding_index`` along the second axis to the widest batch so far; a wider
+    batch widens the array once; more rows than expected grow it. :meth:`view` is a view, not a copy.
+    """
+
+    def __init__(self, rows: int, padding_index: int) -> None:
+        self.rows, self.padding_index = rows, padding_index
+        self.array: np.ndarray | None = None
+        self.filled = 0
+
+    def add(self, piece: np.ndarray) -> None:
+        array = self.array
+        if array is None:
+            array = self.array = np.empty((max(self.rows, len(piece)), *piece.shape[1:]), piece.dtype)
+        elif piece.ndim != array.ndim or piece.shape[2:] != array.shape[2:]:
+            raise ValueError(f"evaluation outputs changed shape between batches: {array.shape[1:]} then "
+                             f"{piece.shape[1:]}; only the second axis (sequence length) may vary")
+        end = self.filled + len(piece)
+        width = max(piece.shape[1], array.shape[1]) if piece.ndim > 1 else None
+        if end > len(array) or (width is not None and width > array.shape[1]):
+            array = self._regrown(max(end, 2 * len(array)) if end > len(array) else len(array), width)
+        target = array[self.filled:end]
+        if width is not None and piece.shape[1] < width:
+            target[:, piece.shape[1]:] = self.padding_index
+            target = target[:, : piece.shape[1]]
+        target[...] = piece
+        self.filled = end
+
+    def _regrown(self, rows: int, width: int | None) -> np.ndarray:
+        old = self.array
+        assert old is not None
+        shape = (rows, *old.shape[1:]) if width is None else (rows, width, *old.shape[2:])
+        new = np.empty(shape, old.dtype)
+        if width is None:
+            new[: self.filled] = old[: self.filled]
+        else:
+            new[: self.filled, old.shape[1]:] = self.padding_index
+            new[: self.filled, : old.shape[1]] = old[: self.filled]
+        self.array = new
+        return new
+
+    def view(self) -> np.ndarray | None:
+        return None if self.array is None else self.array[: self.filled]
+
+
+def _tree_map(fn: Callable[..., Any], tree: Any, *others: Any) -> Any:
+    """``fn`` on the leaves of nested tuples/lists/dicts (``others`` shaped like ``tree``)."""
+    if isinstance(tree, (list, tuple)):
+        if any(not isinstance(o, (list, tuple)) or len(o) != len(tree) for o in others):
+            raise ValueError("evaluation outputs changed structure between batches")
+        return type(tree)(_tree_map(fn, t, *(o[i] for o in others)) for i, t in enumerate(tree))
+    if isinstance(tree, dict):
+        if any(not isinstance(o, dict) or o.keys() != tree.keys() for o in others):
+            raise ValueError("evaluation outputs changed structure between batches")
+        return type(tree)({k: _tree_map(fn, v, *(o[k] for o in others)) for k, v in tree.items()})
+    return fn(tree, *others)
+
+
+class _Preallocated:
+    """``EvalLoopContainer``'s concatenating mode, written into one :class:`_HostArray` per leaf."""
+
+    def __init__(self, rows: int, padding_index: int) -> None:
+        self.rows, self.padding_index = rows, padding_index
+        self.buffers: Any = None
+
+    def add(self, tensors: Any) -> None:
+        arrays = _tree_map(_numpy, tensors)
+        if self.buffers is None:
+            self.buffers = _tree_map(lambda _: _HostArray(self.rows, self.padding_index), arrays)
+        _tree_map(lambda buffer, array: buffer.add(array), self.buffers, arrays)
+
+    def get_arrays(self) -> Any:
+        return None if self.buffers is None else _tree_map(lambda buffer: buffer.view(), self.buffers)
+
+
 class PredictionCollector:
     """Keeps what a user ``compute_metrics`` asks for, in HF's ``EvalPrediction`` shapes.
 
     Structures are kept as the model returns them (a tuple of logits and hidden states stays a tuple;
     several label columns give a tuple of label arrays), batches of different sequence lengths are
     padded with -100, ``concat=False`` keeps a list per batch (``eval_do_concat_batches``), and
-    ``include`` names the extras of ``include_for_metrics`` (``inputs``, ``loss``). transformers'
-    ``EvalLoopContainer`` does the nested concatenation, so the result matches HF's to the array.
+    ``include`` names the extras of ``include_for_metrics`` (``inputs``, ``loss``).
+
+    When the number of rows is known (:meth:`reset` with ``rows``), each batch is written into host
+    arrays allocated once for the whole evaluation (:class:`_HostArray`) and ``compute_metrics`` gets
+    views of them: the logits are held once, where transformers' concatenation holds them twice.
+    Otherwise (an ``IterableDataset``) transformers' ``EvalLoopContainer`` does the nested
+    concatenation. Either way the result matches HF's to the array. Tensors on an accelerator wait
+    there and move to the host every ``accumulation_steps`` batches (HF's ``eval_accumulation_steps``;
+    None: at the end); host tensors are written at once.
     """
 
     def __init__(
@@ -116,16 +221,26 @@ class PredictionCollector:
         preprocess_logits_for_metrics: Callable[[Any, Any], Any] | None = None,
         include: Sequence[str] = (),
         concat: bool = True,
+        accumulation_steps: int | None = None,
     ) -> None:
         self.preprocess = preprocess_logits_for_metrics
         self.include = set(include)
         self.concat = concat
+        self.accumulation_steps = accumulation_steps
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, rows: int | None = None) -> None:
+        """Start an evaluation of ``rows`` rows on this rank (None: unknown, e.g. an ``IterableDataset``)."""
         from transformers.trainer_pt_utils import EvalLoopContainer
 
-        self._parts = {name: EvalLoopContainer(self.concat, IGNORE_INDEX) for name in ("preds", "labels", "inputs", "losses")}
+        def part() -> Any:
+            if rows is not None and self.concat:
+                return _Preallocated(rows, IGNORE_INDEX)
+            return EvalLoopContainer(self.concat, IGNORE_INDEX)
+
+        self._parts = {name: part() for name in ("preds", "labels", "inputs", "losses")}
+        self._pending: list[tuple[str, Any]] = []
+        self._pending_batches = 0
 
     @torch.no_grad()
     def update(self, logits: Any, labels: Any, inputs: torch.Tensor | None = None, loss: torch.Tensor | None = None) -> None:
@@ -134,14 +249,22 @@ class PredictionCollector:
             logits = logits[0]
         if self.preprocess is not None and logits is not None:
             logits = self.preprocess(logits, labels)
-        if logits is not None:
-            self._parts["preds"].add(_detached_cpu(logits))
-        if labels is not None:
-            self._parts["labels"].add(_detached_cpu(labels))
-        if "inputs" in self.include and inputs is not None:
-            self._parts["inputs"].add(_detached_cpu(inputs))
+        batch = [("preds", logits), ("labels", labels)]
+        if "inputs" in self.include:
+            batch.append(("inputs", inputs))
         if "loss" in self.include and loss is not None and inputs is not None:
-            self._parts["losses"].add(_detached_cpu(loss.reshape(1).repeat(inputs.shape[0])))
+            batch.append(("losses", loss.reshape(1).repeat(inputs.shape[0])))
+        self._pending.extend((name, _detached(value)) for name, value in batch if value is not None)
+        self._pending_batches += 1
+        on_host = all(_on_host(value) for _, value in self._pending)
+        if on_host or (self.accumulation_steps and self._pending_batches >= self.accumulation_steps):
+            self._to_host()
+
+    def _to_host(self) -> None:
+        for name, value in self._pending:
+            part = self._parts[name]
+            part.add(value if isinstance(part, _Preallocated) else _detached_cpu(value))
+        self._pending, self._pending_batches = [], 0
 
     def eval_prediction(self) -> EvalPrediction:
         """Everything kept, from every rank (a collective: call it on all ranks, once per evaluation).
@@ -149,6 +272,7 @@ class PredictionCollector:
         Ranks may have evaluated different numbers of batches, so nothing is gathered per batch; the
         arrays travel once, at the end.
         """
+        self._to_host()
         arrays = {name: part.get_arrays() for name, part in self._parts.items()}
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             per_rank: list[Any] = [None] * dist.get_world_size()

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import EvalPrediction
 from transformers.trainer_utils import EvalLoopOutput, PredictionOutput, denumpify_detensorize, speed_metrics
 
-from hf_lightning.evaluation import PaddingTrimmer, eval_batches
+from hf_lightning.evaluation import PaddingTrimmer, eval_batches, eval_rows
 from hf_lightning.facade.reporting import all_reduce_number
 from hf_lightning.log import get_logger
 from hf_lightning.losses._utils import batch_size_of
@@ -101,7 +101,8 @@ def evaluation_loop(
     batch_metrics = bool(args.batch_eval_metrics) and compute_metrics is not None
     collector = None
     if not loss_only and not batch_metrics:
-        collector = PredictionCollector(preprocess, include, args.eval_do_concat_batches)
+        collector = PredictionCollector(preprocess, include, args.eval_do_concat_batches, args.eval_accumulation_steps)
+        collector.reset(eval_rows(dataloader))
     loss_sum, samples, loss_samples = 0.0, 0, 0
     metrics: dict[str, Any] = {}
     main_input = getattr(trainer.model, "main_input_name", "input_ids")

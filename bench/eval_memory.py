@@ -39,9 +39,15 @@ def _reset_peak() -> float:
     return _status_mib("VmRSS")
 
 
-def run_one(runner: str, sizes: list[int], vocab: int, positions: int, batch: int) -> list[dict[str, Any]]:
-    """In this process: build ``runner``'s trainer on a tiny GPT-2 and measure ``evaluate()`` at each size."""
-    import numpy as np
+def _dataset(rows: int, vocab: int, positions: int) -> list[dict[str, Any]]:
+    import torch
+
+    ids = torch.randint(0, vocab, (rows, positions), generator=torch.Generator().manual_seed(rows))
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+def _trainer(runner: str, vocab: int, positions: int, batch: int) -> Any:
+    """``runner``'s trainer on a tiny GPT-2 (the same weights for both) with an accuracy ``compute_metrics``."""
     import torch
     import transformers
 
@@ -55,11 +61,6 @@ def run_one(runner: str, sizes: list[int], vocab: int, positions: int, batch: in
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=32, n_layer=1, n_head=2)
     model = transformers.GPT2LMHeadModel(config)
-    generator = torch.Generator().manual_seed(0)
-
-    def dataset(rows: int) -> list[dict[str, torch.Tensor]]:
-        ids = torch.randint(0, vocab, (rows, positions), generator=generator)
-        return [{"input_ids": row, "labels": row} for row in ids]
 
     def compute_metrics(prediction: Any) -> dict[str, float]:  # all the logits, as a user's metric gets them
         logits, labels = prediction.predictions, prediction.label_ids
@@ -74,80 +75,107 @@ def run_one(runner: str, sizes: list[int], vocab: int, positions: int, batch: in
     args = args_cls(output_dir=tempfile.mkdtemp(prefix="eval_memory_"), report_to="none", use_cpu=True,
                     per_device_eval_batch_size=batch, disable_tqdm=True, dataloader_num_workers=0)
     trainer = trainer_cls(model=model, args=args, compute_metrics=compute_metrics)
-    trainer.evaluate(dataset(batch * 2))  # warm-up: lazy initialisation is not evaluation memory
+    trainer.evaluate(_dataset(batch * 2, vocab, positions))  # warm-up: lazy initialisation is not evaluation memory
+    return trainer
+
+
+def run_memory(runner: str, sizes: list[int], vocab: int, positions: int, batch: int) -> list[dict[str, Any]]:
+    """In this process: peak RSS growth of ``runner``'s ``evaluate()`` at each size, over the logits' size."""
+    trainer = _trainer(runner, vocab, positions, batch)
     rows = []
     for size in sizes:
-        data = dataset(size)
+        data = _dataset(size, vocab, positions)
         base = _reset_peak()
-        start = time.perf_counter()
         metrics = trainer.evaluate(data)
-        seconds = time.perf_counter() - start
         growth = _status_mib("VmHWM") - base
-        trainer.compute_metrics = None
-        start = time.perf_counter()
-        trainer.evaluate(data)
-        loss_only = time.perf_counter() - start
-        trainer.compute_metrics = compute_metrics
-        logits_mib = size * positions * vocab * np.dtype(np.float32).itemsize / 2**20
+        logits_mib = size * positions * vocab * 4 / 2**20  # float32
         rows.append({"runner": runner, "samples": size, "logits_mib": round(logits_mib, 1),
                      "growth_mib": round(growth, 1), "growth_per_logits": round(growth / logits_mib, 3),
-                     "samples_per_s": round(size / seconds, 1), "loss_only_samples_per_s": round(size / loss_only, 1),
                      "accuracy": metrics["eval_accuracy"]})
     return rows
+
+
+def run_speed(size: int, vocab: int, positions: int, batch: int, repeat: int) -> dict[str, dict[str, float]]:
+    """In this process: samples/s of ``evaluate()`` with and without ``compute_metrics``, both trainers
+    alternating call by call (median of ``repeat``), so the shared machine's load hits both alike."""
+    trainers = {runner: _trainer(runner, vocab, positions, batch) for runner in RUNNERS}
+    data = _dataset(size, vocab, positions)
+    seconds: dict[str, dict[str, list[float]]] = {r: {"with_metrics": [], "loss_only": []} for r in RUNNERS}
+    for _ in range(repeat):
+        for mode in ("with_metrics", "loss_only"):
+            for runner, trainer in trainers.items():
+                metric = trainer.compute_metrics
+                if mode == "loss_only":
+                    trainer.compute_metrics = None
+                start = time.perf_counter()
+                trainer.evaluate(data)
+                seconds[runner][mode].append(time.perf_counter() - start)
+                trainer.compute_metrics = metric
+    return {r: {mode: round(size / statistics.median(t), 1) for mode, t in modes.items()} for r, modes in seconds.items()}
 
 
 def _median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     out = []
     for group in zip(*runs):
         row = dict(group[0])
-        for key in ("growth_mib", "growth_per_logits", "samples_per_s", "loss_only_samples_per_s"):
+        for key in ("growth_mib", "growth_per_logits"):
             row[key] = statistics.median(r[key] for r in group)
         out.append(row)
     return out
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table with hf_lightning's ratios to transformers at the same size."""
-    lines = ["| runner | samples | logits MiB | peak growth MiB | growth / logits | eval samples/s "
-             "| loss-only samples/s | speed vs transformers |", "|---|---|---|---|---|---|---|---|"]
-    reference = {r["samples"]: r for r in rows if r["runner"] == "transformers"}
-    for r in rows:
-        ref = reference.get(r["samples"])
-        speed = f"{r['samples_per_s'] / ref['samples_per_s']:.2f}x" if ref else "-"
-        lines.append(f"| {r['runner']} | {r['samples']} | {r['logits_mib']:.1f} | {r['growth_mib']:.1f} "
-                     f"| {r['growth_per_logits']:.2f}x | {r['samples_per_s']:.1f} | {r['loss_only_samples_per_s']:.1f} "
-                     f"| {speed} |")
+def table(rows: list[dict[str, Any]], speed: dict[str, dict[str, float]] | None) -> str:
+    """Markdown: memory per runner and size, then samples/s with hf_lightning's ratio to transformers."""
+    lines = ["| runner | samples | logits MiB | peak RSS growth MiB | growth / logits |", "|---|---|---|---|---|"]
+    lines += [f"| {r['runner']} | {r['samples']} | {r['logits_mib']:.1f} | {r['growth_mib']:.1f} "
+              f"| {r['growth_per_logits']:.2f}x |" for r in rows]
+    if speed:
+        lines += ["", "| evaluate() samples/s | transformers | hf_lightning | hf_lightning / transformers |",
+                  "|---|---|---|---|"]
+        for mode, label in (("with_metrics", "with compute_metrics"), ("loss_only", "loss only")):
+            a, b = speed["transformers"][mode], speed["hf_lightning"][mode]
+            lines.append(f"| {label} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
     return "\n".join(lines)
+
+
+def _child(args: argparse.Namespace, mode: str) -> Any:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, __file__, "--child", mode, "--sizes", *map(str, args.sizes), "--vocab", str(args.vocab),
+               "--positions", str(args.positions), "--batch", str(args.batch), "--repeat", str(args.repeat),
+               "--speed-samples", str(args.speed_samples)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode != 0:
+        sys.exit(f"{mode} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 480])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 480], help="evaluation-set sizes (memory)")
+    parser.add_argument("--speed-samples", type=int, default=96, help="evaluation-set size of the speed runs (0: none)")
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--positions", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
-    parser.add_argument("--child", choices=RUNNERS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=[*RUNNERS, "speed"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "speed":
+        print(json.dumps(run_speed(args.speed_samples, args.vocab, args.positions, args.batch, args.repeat)))
+        return
     if args.child:
-        print(json.dumps(run_one(args.child, args.sizes, args.vocab, args.positions, args.batch)))
+        print(json.dumps(run_memory(args.child, args.sizes, args.vocab, args.positions, args.batch)))
         return
     runs: dict[str, list[list[dict[str, Any]]]] = {r: [] for r in RUNNERS}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for _ in range(args.repeat):  # interleaved: a busy spell on the shared machine hits both runners
+    for _ in range(args.repeat):  # each trainer in its own process, interleaved
         for runner in RUNNERS:
-            command = [sys.executable, __file__, "--child", runner, "--sizes", *map(str, args.sizes),
-                       "--vocab", str(args.vocab), "--positions", str(args.positions), "--batch", str(args.batch)]
-            done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-            if done.returncode != 0:
-                sys.exit(f"{runner} failed:\n{done.stderr[-3000:]}")
-            runs[runner].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            runs[runner].append(_child(args, runner))
     rows = [row for runner in RUNNERS for row in _median_rows(runs[runner])]
-    print(table(rows))
+    speed = _child(args, "speed") if args.speed_samples else None
+    print(table(rows, speed))
     if args.output is not None:
-        args.output.write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=1))
+        args.output.write_text(json.dumps({"argv": sys.argv[1:], "rows": rows, "speed": speed}, indent=1))
 
 
 if __name__ == "__main__":

@@ -51,3 +51,29 @@ def test_ray_vs_ddp_summary_separates_startup_from_steps() -> None:
     assert row == {"runner": "ray", "steps": 4, "startup_s": 10.0, "step_s": 2.0, "total_s": 30.0}
     with pytest.raises(ValueError, match="at least 2 optimizer steps"):
         bench.summarize("ddp", 0.0, 1.0, [0.5])
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_memory_bench_measures_both_trainers_on_a_tiny_setting() -> None:
+    """In-process (the script runs these same functions in child processes): rows, speeds and the table."""
+    bench = _load("eval_memory")
+    rows = [row for runner in bench.RUNNERS for row in bench.run_memory(runner, [8, 16], 64, 8, 4)]
+    assert [(r["runner"], r["samples"]) for r in rows] == [("transformers", 8), ("transformers", 16),
+                                                           ("hf_lightning", 8), ("hf_lightning", 16)]
+    assert rows[1]["accuracy"] == rows[3]["accuracy"]  # same model, same data, same compute_metrics
+    speed = bench.run_speed(8, 64, 8, 4, repeat=1)
+    assert all(speed[r][m] > 0 for r in bench.RUNNERS for m in ("with_metrics", "loss_only"))
+    assert "| hf_lightning | 16 |" in bench.table(rows, speed)
+
+
+def test_checkpoint_cost_bench_times_both_trainers_saves(tmp_path: Path) -> None:
+    bench = _load("checkpoint_cost")
+    rows = {runner: bench.run_one(runner, hidden=32, layers=1, saves=2, root=tmp_path) for runner in bench.RUNNERS}
+    assert all(r["saves"] == 2 and r["save_s"] > 0 for r in rows.values())
+    assert {"model.safetensors", "trainer_state.json"} <= set(rows["hf_lightning"]["files"])

@@ -58,8 +58,8 @@ SUPPORTED = frozenset(
 NO_EFFECT: dict[str, str] = {
     "average_tokens_across_devices": "gradients are always normalised by the items of all ranks (token-exact, "
                                      "transformers' default True); a per-rank mean is not reproduced",
-    "use_liger_kernel": "Liger kernels are not wired into the Lightning engine",
-    "liger_kernel_config": "Liger kernels are not wired into the Lightning engine",
+    "use_liger_kernel": "Liger's Triton GPU kernels are not wired into the Lightning engine",
+    "liger_kernel_config": "Liger's Triton GPU kernels are not wired into the Lightning engine",
     "auto_find_batch_size": "use Lightning's Tuner (scale_batch_size) instead",
     "log_on_each_node": "Lightning loggers log on global rank 0",
     "project": "tracker projects are set on the logger (trainer loggers)",
@@ -69,7 +69,8 @@ NO_EFFECT: dict[str, str] = {
     "eval_use_gather_object": "predictions are gathered as tensors",
     "save_on_each_node": "checkpoints are written by global rank 0",
     "enable_jit_checkpoint": "use SIGTERM handling: a checkpoint is saved on preemption",
-    "push_to_hub": "Hub uploads are not available; save_model writes a folder you can upload",
+    "push_to_hub": "Hub uploads are not wired in; save_model and checkpoint-N write the folder "
+                   "huggingface_hub.upload_folder takes",
     "hub_token": "Hub uploads are not available",
     "hub_private_repo": "Hub uploads are not available",
     "hub_model_id": "Hub uploads are not available",

@@ -37,7 +37,9 @@ SUPPORTED = frozenset(
     """
     output_dir per_device_train_batch_size num_train_epochs max_steps learning_rate lr_scheduler_type
     lr_scheduler_kwargs warmup_steps optim optim_args weight_decay adam_beta1 adam_beta2 adam_epsilon
-    optim_target_modules gradient_accumulation_steps average_tokens_across_devices max_grad_norm
+    optim_target_modules gradient_accumulation_steps max_grad_norm activation_checkpointing
+    activation_checkpointing_kwargs torch_empty_cache_steps include_num_input_tokens_seen
+    dataloader_multiprocessing_context ddp_static_graph
     label_smoothing_factor bf16 fp16 bf16_full_eval fp16_full_eval tf32 gradient_checkpointing
     gradient_checkpointing_kwargs torch_compile torch_compile_backend torch_compile_mode neftune_noise_alpha
     logging_strategy logging_steps logging_first_step logging_nan_inf_filter log_level log_level_replica
@@ -54,14 +56,12 @@ SUPPORTED = frozenset(
 )
 
 NO_EFFECT: dict[str, str] = {
-    "activation_checkpointing": "use gradient_checkpointing (the HF model's own) or fsdp_config.activation_checkpointing",
-    "activation_checkpointing_kwargs": "use gradient_checkpointing_kwargs",
-    "use_liger_kernel": "Liger kernels are not wired into the Lightning engine",
-    "liger_kernel_config": "Liger kernels are not wired into the Lightning engine",
-    "torch_empty_cache_steps": "Lightning manages device memory; not supported",
+    "average_tokens_across_devices": "gradients are always normalised by the items of all ranks (token-exact, "
+                                     "transformers' default True); a per-rank mean is not reproduced",
+    "use_liger_kernel": "Liger's Triton GPU kernels are not wired into the Lightning engine",
+    "liger_kernel_config": "Liger's Triton GPU kernels are not wired into the Lightning engine",
     "auto_find_batch_size": "use Lightning's Tuner (scale_batch_size) instead",
     "log_on_each_node": "Lightning loggers log on global rank 0",
-    "include_num_input_tokens_seen": "token counting is not reported yet",
     "project": "tracker projects are set on the logger (trainer loggers)",
     "trackio_space_id": "trackio is not a supported logger",
     "trackio_bucket_id": "trackio is not a supported logger",
@@ -69,7 +69,8 @@ NO_EFFECT: dict[str, str] = {
     "eval_use_gather_object": "predictions are gathered as tensors",
     "save_on_each_node": "checkpoints are written by global rank 0",
     "enable_jit_checkpoint": "use SIGTERM handling: a checkpoint is saved on preemption",
-    "push_to_hub": "Hub uploads are not available; save_model writes a folder you can upload",
+    "push_to_hub": "Hub uploads are not wired in; save_model and checkpoint-N write the folder "
+                   "huggingface_hub.upload_folder takes",
     "hub_token": "Hub uploads are not available",
     "hub_private_repo": "Hub uploads are not available",
     "hub_model_id": "Hub uploads are not available",
@@ -78,9 +79,7 @@ NO_EFFECT: dict[str, str] = {
     "hub_revision": "Hub uploads are not available",
     "accelerator_config": "accelerate is not the engine; use lightning_trainer_kwargs",
     "parallelism_config": "use fsdp / deepspeed / strategy",
-    "dataloader_multiprocessing_context": "not passed to the DataLoader yet",
     "dataloader_in_order": "not applicable: loaders are not wrapped by accelerate",
-    "ddp_static_graph": "pass strategy=DDPStrategy(static_graph=True) through lightning_trainer_kwargs",
     "debug": "HF debug options are not available; use Lightning's profiler",
 }
 
@@ -203,7 +202,7 @@ class TrainingArguments(transformers.TrainingArguments):
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
             )
             value = getattr(self, name, default)
-            if value not in (default, None, False, [], {}, "") and value != default:
+            if value != default and (value or default):  # None, "" and {} read as "not set" when the default is
                 _warn_once(f"no-effect:{name}", f"TrainingArguments.{name} has no effect on hf_lightning: {reason}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -64,5 +64,12 @@ def lightning_trainer_kwargs(args: Any, model: nn.Module | None, max_steps: int)
         "log_every_n_steps": 1,
         "deterministic": bool(args.full_determinism),
     }
-    kwargs.update(args.lightning_trainer_kwargs or {})
+    if args.torch_empty_cache_steps is not None:
+        from hf_lightning.callbacks.empty_cache import EmptyCacheCallback
+
+        kwargs["callbacks"] = [EmptyCacheCallback(args.torch_empty_cache_steps)]
+    extra = dict(args.lightning_trainer_kwargs or {})
+    if "callbacks" in extra and "callbacks" in kwargs:
+        extra["callbacks"] = [*kwargs["callbacks"], *extra["callbacks"]]
+    kwargs.update(extra)
     return kwargs

@@ -312,6 +312,8 @@ class Trainer(HyperparameterSearchMixin):
     create_model_card = _HFTrainer.create_model_card
     # restore_callback_states_from_checkpoint: transformers' own restore (and its log messages), run on resume.
     _load_callback_state = _HFTrainer._load_callback_state
+    # include_num_input_tokens_seen: transformers' own count ("all" or "non_padding"), summed over ranks.
+    _track_num_input_tokens = _HFTrainer._track_num_input_tokens
 
     def is_world_process_zero(self) -> bool:
         return self.accelerator.is_main_process

@@ -109,3 +109,15 @@ def test_native_module_deepspeed_matches_plain_gpu_run(demo_tokenizer) -> None:
         assert trainer.global_step == 3
         finals.append({k: v.detach().float().cpu().clone() for k, v in module.model.state_dict().items()})
     assert max(float((finals[0][k] - finals[1][k]).abs().max()) for k in finals[0]) < 1e-5
+
+
+@pytest.mark.parametrize("pin", [True, False])
+def test_pin_memory_follows_dataloader_pin_memory(pin: bool, cls_dataset, demo_tokenizer, tmp_path: Path) -> None:
+    """``dataloader_pin_memory`` reaches the train and eval loaders (on a CPU-only machine nothing is pinned)."""
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", accelerator="gpu", devices=1,
+                             dataloader_pin_memory=pin)
+    trainer = Trainer(model=tiny_bert_classifier(len(demo_tokenizer)), args=args, train_dataset=cls_dataset,
+                      eval_dataset=cls_dataset, processing_class=demo_tokenizer)
+    assert trainer.get_train_dataloader().pin_memory is pin
+    assert trainer.get_eval_dataloader().pin_memory is pin
+    assert next(iter(trainer.get_train_dataloader()))["input_ids"].is_pinned() is pin

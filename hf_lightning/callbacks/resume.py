@@ -194,7 +194,9 @@ class ExactResumeCallback(pl.Callback):
     After a restore, :attr:`restored` describes what was put back (for logs and tests).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, skip_consumed: bool = True) -> None:
+        # False is HF's ignore_data_skip: the resumed epoch starts from its first batch (faster, not exact).
+        self.skip_consumed = skip_consumed
         self._pending: dict[str, Any] | None = None
         self._warning_filter: tuple[Any, ...] | None = None
         self.restored: dict[str, Any] | None = None
@@ -292,7 +294,8 @@ class ExactResumeCallback(pl.Callback):
             )
             return False
         loader, sampler, _batch_size = found
-        sampler.load_state_dict(data["sampler"])
+        position = data["sampler"] if self.skip_consumed else {**data["sampler"], "consumed_on_this_rank": 0}
+        sampler.load_state_dict(position)
         # The loader's generator seeds DataLoader workers once per iterator. The saved state follows the
         # original run's draw for the checkpointed epoch: at an epoch boundary the iterator we are about
         # to create *is* that draw; mid-epoch it was drawn already and we only keep later epochs aligned.

@@ -32,6 +32,7 @@ def build_dataloader(
     pin_memory: bool = False,
     persistent_workers: bool = False,
     prefetch_factor: int | None = None,
+    multiprocessing_context: str | None = None,
 ) -> DataLoader:
     """One DataLoader recipe for both front doors.
 
@@ -58,6 +59,8 @@ def build_dataloader(
         kwargs["persistent_workers"] = persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
+        if multiprocessing_context is not None:  # "spawn" / "fork" / "forkserver", as HF passes it
+            kwargs["multiprocessing_context"] = multiprocessing_context
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -137,4 +137,4 @@ def resume_callbacks(trainer: Any) -> list[Any]:
             trainer.save_during_training()
             return Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
 
-    return [ExactResumeCallback(), HFPreemption()]
+    return [ExactResumeCallback(skip_consumed=not trainer.args.ignore_data_skip), HFPreemption()]

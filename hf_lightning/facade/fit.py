@@ -119,11 +119,24 @@ def build_module(trainer: Any) -> TrainerModule:
         torch_compile=_compile_settings(args),
         stop_on_nonfinite_loss=args.stop_on_nonfinite_loss,
     )
-    if args.gradient_checkpointing:
-        kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": False}
-        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if args.activation_checkpointing:  # transformers 5's name; gradient_checkpointing is its mirrored alias
+        enable_activation_checkpointing(trainer.model, args.activation_checkpointing_kwargs)
     module.hf_logging = True
     return module
+
+
+def enable_activation_checkpointing(model: Any, kwargs: dict[str, Any] | None) -> None:
+    """transformers' ``activation_checkpointing`` set-up: ``every_n_layers`` and ``offload`` are read out of
+    the kwargs, the rest go to ``torch.utils.checkpoint`` (non-reentrant unless asked, which also works
+    with frozen embeddings such as a LoRA model's)."""
+    kwargs = dict(kwargs or {})
+    every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+    kwargs.setdefault("use_reentrant", False)
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers,
+                                              offload=offload)
+    else:  # models outside PreTrainedModel that only define the older method
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _compile_settings(args: Any) -> bool | dict[str, str]:

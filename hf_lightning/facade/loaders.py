@@ -24,6 +24,12 @@ def train_dataloader(trainer: Any) -> DataLoader:
         return _iterable_dataloader(trainer, trainer.train_dataset, args.per_device_train_batch_size)
     dataset = trainer._remove_unused_columns(trainer.train_dataset)
     strategy = args.train_sampling_strategy
+    if strategy == "batch_rebalance":
+        from hf_lightning.args import _warn_once
+
+        _warn_once("no-effect:batch_rebalance", "train_sampling_strategy='batch_rebalance' has no effect on "
+                   "hf_lightning: transformers' BatchRebalanceSampler is not wired in; examples are drawn at random "
+                   "(use 'group_by_length' to cut padding)")
     return build_dataloader(
         dataset,
         args.per_device_train_batch_size,
@@ -35,9 +41,7 @@ def train_dataloader(trainer: Any) -> DataLoader:
         drop_last=args.dataloader_drop_last,
         group_by_length=strategy == "group_by_length",
         lengths=_lengths(dataset, args.length_column_name) if strategy == "group_by_length" else None,
-        pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
-        persistent_workers=args.dataloader_persistent_workers,
-        prefetch_factor=args.dataloader_prefetch_factor,
+        **_worker_options(args),
     )
 
 
@@ -59,8 +63,18 @@ def eval_dataloader(trainer: Any, eval_dataset: str | Dataset | None = None) -> 
     dataset = trainer._remove_unused_columns(dataset)
     return build_dataloader(
         dataset, args.per_device_eval_batch_size, trainer.data_collator, train=False,
-        num_workers=args.dataloader_num_workers, drop_last=args.dataloader_drop_last,
+        num_workers=args.dataloader_num_workers, drop_last=args.dataloader_drop_last, **_worker_options(args),
     )
+
+
+def _worker_options(args: Any) -> dict[str, Any]:
+    """HF's ``dataloader_*`` options for the loader processes (pinned memory only where a GPU can use it)."""
+    return {
+        "pin_memory": args.dataloader_pin_memory and torch.cuda.is_available(),
+        "persistent_workers": args.dataloader_persistent_workers,
+        "prefetch_factor": args.dataloader_prefetch_factor,
+        "multiprocessing_context": args.dataloader_multiprocessing_context,
+    }
 
 
 def batches_per_epoch(loader: DataLoader) -> int | None:
@@ -89,6 +103,8 @@ def _iterable_dataloader(trainer: Any, dataset: IterableDataset, batch_size: int
         kwargs["persistent_workers"] = args.dataloader_persistent_workers
         if args.dataloader_prefetch_factor is not None:
             kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
+        if args.dataloader_multiprocessing_context is not None:
+            kwargs["multiprocessing_context"] = args.dataloader_multiprocessing_context
     return DataLoader(
         _RankShard(dataset, batch_size, args.dataloader_drop_last), batch_size=batch_size, collate_fn=collator,
         num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),

@@ -70,6 +70,7 @@ class TrainerModule(HFLightningModule):
         self.model.train()
         items = self.count_items(batch)
         self.current_items = items
+        self.host._track_num_input_tokens(batch)  # include_num_input_tokens_seen (transformers' own counter)
         returned = self.host.call_training_step(self.forward_model, batch)
         self.host.current_flos += self.host.floating_point_ops(batch)
         if not isinstance(returned, torch.Tensor):

@@ -17,6 +17,8 @@ def log(trainer: Any, logs: dict[str, float]) -> None:
     state = trainer.state
     if state.epoch is not None:
         logs["epoch"] = state.epoch
+    if trainer.args.include_num_input_tokens_seen not in ("no", False, None):
+        logs["num_input_tokens_seen"] = state.num_input_tokens_seen
     state.log_history.append({**logs, "step": state.global_step})
     pl_trainer = trainer._pl_trainer
     if pl_trainer is not None and pl_trainer.loggers:

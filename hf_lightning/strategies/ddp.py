@@ -107,6 +107,9 @@ def ddp_strategy(
         ddp_kwargs["bucket_cap_mb"] = bucket_cap_mb
     if broadcast_buffers is not None:
         ddp_kwargs["broadcast_buffers"] = broadcast_buffers
+    static_graph = getattr(args, "ddp_static_graph", None)
+    if static_graph is not None:  # as transformers passes it to DistributedDataParallel
+        ddp_kwargs["static_graph"] = static_graph
     return DDPStrategy(start_method=start_method, timeout=timeout, process_group_backend=backend, **ddp_kwargs)
 
 

@@ -86,6 +86,24 @@ def _layer_classes(
     return {cls for name, cls in found.items() if name not in excluded}
 
 
+def _size_based_units(model: nn.Module, min_num_params: int) -> list[nn.Module]:
+    """Modules that torch's size-based policy would wrap: children first, each holding at least
+    ``min_num_params`` parameters that no smaller unit holds (blocks owning a tied weight are skipped)."""
+    owners = _owners_by_param(model)
+    covered: set[int] = set()
+    units = []
+    for prefix, module in reversed(list(model.named_modules())):
+        if module is model:
+            continue
+        fresh = [p for p in module.parameters() if id(p) not in covered]
+        if sum(p.numel() for p in fresh) >= max(min_num_params, 1) and not _shares_params_outside(
+            prefix, module, owners
+        ):
+            units.append(module)
+            covered.update(id(p) for p in fresh)
+    return units
+
+
 def _data_parallel_mesh(mesh: DeviceMesh | None) -> DeviceMesh | None:
     """Accept Lightning's 2-D ``(data_parallel, tensor_parallel)`` mesh and shard over its data axis."""
     if mesh is None or mesh.ndim == 1:
@@ -106,6 +124,9 @@ def fully_shard_hf_model(
     *,
     reshard_after_forward: bool = True,
     mp_policy: Any = None,
+    wrap_policy: str = "TRANSFORMER_BASED_WRAP",
+    min_num_params: int = 0,
+    activation_checkpointing: bool = False,
 ) -> nn.Module:
     """Shard a Hugging Face model with FSDP2: one unit per transformer block, then the root.
 
@@ -117,6 +138,10 @@ def fully_shard_hf_model(
     parameters, gradients and the optimizer step stay on the CPU between uses (pinned memory only when
     a GPU is in use; on a CPU run the policy is applied all the same, it just saves no device memory).
     ``reshard_after_forward=False`` keeps gathered weights until backward (HF's ``shard_grad_op``).
+    ``wrap_policy`` is HF's ``fsdp_config.auto_wrap_policy``: ``TRANSFORMER_BASED_WRAP`` (the blocks above),
+    ``SIZE_BASED_WRAP`` (every module, children first, holding ``min_num_params`` parameters not yet in a
+    unit, as torch's size-based policy) or ``NO_WRAP`` (the root unit only). ``activation_checkpointing``
+    turns on the model's own non-reentrant checkpointing of its blocks before sharding.
     Collective: every rank must call it.
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
@@ -124,7 +149,12 @@ def fully_shard_hf_model(
     if isinstance(model, FSDPModule):
         return model
     mesh = _data_parallel_mesh(mesh)
-    classes = _layer_classes(model, layer_cls_names)
+    if activation_checkpointing:
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise ConfigError("fsdp_config.activation_checkpointing", f"{type(model).__name__} has no "
+                              "gradient_checkpointing_enable", "use a transformers PreTrainedModel or drop the option")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    classes = _layer_classes(model, layer_cls_names) if wrap_policy == "TRANSFORMER_BASED_WRAP" else set()
     on_cpu = mesh.device_type == "cpu" if mesh is not None else not torch.cuda.is_available()
     kwargs: dict[str, Any] = {"reshard_after_forward": reshard_after_forward}
     if mesh is not None:
@@ -133,6 +163,9 @@ def fully_shard_hf_model(
         kwargs["mp_policy"] = mp_policy
     kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=not on_cpu) if offload else OffloadPolicy()
     # Children before parents, so a nested block is sharded before the block around it.
+    if wrap_policy == "SIZE_BASED_WRAP":
+        for module in _size_based_units(model, min_num_params):
+            fully_shard(module, **kwargs)
     for _, module in reversed(list(model.named_modules())):
         if module is not model and isinstance(module, tuple(classes)) and not isinstance(module, FSDPModule):
             fully_shard(module, **kwargs)
@@ -229,6 +262,7 @@ def fsdp2_strategy(options: FSDPOptions, world_size: int, timeout: timedelta, ba
         )
     from hf_lightning.strategies.fsdp2 import FSDP2Strategy
 
+    warn_fsdp1_only_options(options)
     return FSDP2Strategy(
         options,
         data_parallel_size=world_size,
@@ -236,6 +270,28 @@ def fsdp2_strategy(options: FSDPOptions, world_size: int, timeout: timedelta, ba
         timeout=timeout,
         process_group_backend=backend,
     )
+
+
+#: FSDP1 settings with no FSDP2 counterpart, as (option, value that acts, why it cannot act on FSDP2).
+FSDP1_ONLY: tuple[tuple[str, Any, str], ...] = (
+    ("forward_prefetch", False, "FSDP2 prefetches the next unit's all-gather on its own"),
+    ("backward_prefetch", None, "FSDP2 prefetches the next unit's all-gather on its own"),
+    ("limit_all_gathers", True, "FSDP1's all-gather rate limiter; FSDP2 has no such setting"),
+    ("use_orig_params", True, "FSDP2 always trains the original parameters (as DTensors)"),
+    ("sync_module_states", True, "FSDP2 does not broadcast rank 0's weights: every rank builds the same "
+                                 "seeded model before sharding"),
+    ("cpu_ram_efficient_loading", False, "the model is loaded on every rank before the strategy exists"),
+)
+
+
+def warn_fsdp1_only_options(options: FSDPOptions) -> None:
+    """Warn once for each ``fsdp_config`` option that acts on the GPU (FSDP1) path but not on FSDP2 (CPU)."""
+    from hf_lightning.args import _warn_once
+
+    for name, inert, reason in FSDP1_ONLY:
+        if getattr(options, name) != inert:
+            _warn_once(f"no-effect:fsdp_config.{name}",
+                       f"fsdp_config.{name} has no effect on the CPU FSDP2 path: {reason}")
 
 
 def shard_for_strategy(model: nn.Module, strategy: Strategy, mesh: DeviceMesh | None = None) -> nn.Module:
@@ -256,5 +312,8 @@ def shard_for_strategy(model: nn.Module, strategy: Strategy, mesh: DeviceMesh | 
             layer_cls_names=options.transformer_layer_cls_to_wrap,
             offload=options.cpu_offload,
             reshard_after_forward=options.reshard_after_forward,
+            wrap_policy=options.auto_wrap_policy,
+            min_num_params=options.min_num_params,
+            activation_checkpointing=options.activation_checkpointing,
         )
     return fully_shard_hf_model(model, mesh=mesh)

@@ -42,7 +42,7 @@ ADAPTER = "adapter_model.bin"
 def load_model_weights(model: nn.Module, folder: str | os.PathLike[str], field: str = "load_best_model_at_end") -> None:
     """Copy the weights saved in ``folder`` into ``model``; any key mismatch is one error naming the keys."""
     folder = Path(folder)
-    if _is_peft(model):
+    if is_peft_model(model):
         _load_adapter(model, folder, field)
         return
     if (folder / SAFE_INDEX).is_file() or (folder / INDEX).is_file():
@@ -115,7 +115,8 @@ def _names(keys: list[str], limit: int = 8) -> str:
     return f"[{shown}{f', ... {len(keys) - limit} more' if len(keys) > limit else ''}]"
 
 
-def _is_peft(model: nn.Module) -> bool:
+def is_peft_model(model: nn.Module) -> bool:
+    """True for a PEFT model, whose checkpoints hold only its adapter."""
     return hasattr(model, "peft_config") and hasattr(model, "active_adapter") and hasattr(model, "load_adapter")
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "atomic_write_bytes",
     "checkpoint_step",
     "cleanup_incomplete",
+    "completeness_problem",
     "delete_checkpoints_except",
     "is_complete_checkpoint",
     "latest_checkpoint",
@@ -286,6 +287,11 @@ def _written_complete(path: Path) -> bool:
     """
     marker = _read_marker(path)
     return bool(marker) and isinstance(marker.get("files"), dict) and _check_complete(path) is None
+
+
+def completeness_problem(path: PathLike) -> str | None:
+    """None if ``path`` is a complete checkpoint directory, else why not (a phrase for messages)."""
+    return _check_complete(Path(path))
 
 
 def is_complete_checkpoint(path: PathLike) -> bool:

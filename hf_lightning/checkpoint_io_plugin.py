@@ -52,15 +52,18 @@ class SafeLoadCheckpointIO(TorchCheckpointIO):
         return safe_torch_load(path, field="ckpt_path", map_location=map_location)
 
 
-def use_safe_loading(trainer: Any) -> None:
-    """Give ``trainer``'s strategy a :class:`SafeLoadCheckpointIO` where it uses Lightning's plain one.
+def use_safe_loading(trainer: Any, checkpoint_io: SafeLoadCheckpointIO | None = None) -> SafeLoadCheckpointIO | None:
+    """Give ``trainer``'s strategy ``checkpoint_io`` (a :class:`SafeLoadCheckpointIO` by default) where it
+    uses Lightning's plain one; return the one installed, or None.
 
     Strategies with their own checkpoint format (DeepSpeed, FSDP2's distributed checkpoints) or a
     CheckpointIO the user chose are left alone.
     """
     strategy = trainer.strategy
     if type(strategy.checkpoint_io) is TorchCheckpointIO:
-        strategy.checkpoint_io = SafeLoadCheckpointIO()
+        strategy.checkpoint_io = checkpoint_io or SafeLoadCheckpointIO()
+        return strategy.checkpoint_io
+    return None
 
 
 class AtomicCheckpointIO(SafeLoadCheckpointIO):

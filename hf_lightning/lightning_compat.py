@@ -33,6 +33,7 @@ __all__ = [
     "attached_trainer",
     "consumed_batches",
     "logs_this_step",
+    "loop_state_after_step",
     "missing_private_api",
     "request_graceful_stop",
     "restart_train_iterator",
@@ -155,6 +156,41 @@ def restart_epoch_end_as_next_epoch(checkpoint: dict[str, Any]) -> bool:
             if isinstance(value, dict) and "is_last_batch" in value:
                 value["is_last_batch"] = False
     return True
+
+
+def _set_counters(progress: dict[str, Any], total: int, current: int, done_lags: bool = False) -> None:
+    """Fill one saved progress entry: every counter ``total``/``current`` (``completed`` one less if it lags)."""
+    for scope, value in (("total", total), ("current", current)):
+        for counter in progress[scope]:
+            progress[scope][counter] = value - 1 if done_lags and counter == "completed" else value
+
+
+def loop_state_after_step(template: dict[str, Any], *, epoch: int, batches_in_epoch: int, batches_before: int,
+                          steps: int, steps_before_epoch: int, last_batch: bool) -> dict[str, Any]:
+    """The fit loop's saved state as Lightning 2.6 writes it in ``on_train_batch_end`` right after an optimizer step.
+
+    For resuming a checkpoint that another trainer wrote (transformers'), which has no loop state:
+    ``template`` is a fresh ``fit_loop.state_dict()``; ``epoch`` the 0-based epoch of that batch,
+    ``batches_in_epoch`` the batches of it already run, ``batches_before`` those of earlier epochs,
+    ``steps`` the optimizer steps in all, ``steps_before_epoch`` those of earlier epochs, ``last_batch``
+    whether the epoch's last batch was run. The layout was read off real checkpoints (a test compares
+    it with one): the batch's ``completed`` counter still lags by one, the epoch is started, not done.
+    """
+    import copy
+
+    state = copy.deepcopy(template)
+    batches = state["epoch_loop.batch_progress"]
+    _set_counters(batches, batches_before + batches_in_epoch, batches_in_epoch, done_lags=True)
+    batches["is_last_batch"] = last_batch
+    _set_counters(state["epoch_loop.scheduler_progress"], steps, steps - steps_before_epoch)
+    optim = state["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]
+    _set_counters(optim["step"], steps, steps - steps_before_epoch)
+    _set_counters(optim["zero_grad"], steps, steps - steps_before_epoch)
+    state["epoch_loop.state_dict"] = {**state.get("epoch_loop.state_dict", {}), "_batches_that_stepped": steps - 1}
+    epochs = state["epoch_progress"]
+    for scope in ("total", "current"):
+        epochs[scope].update(ready=epoch + 1, started=epoch + 1, processed=epoch, completed=epoch)
+    return state
 
 
 # ---------------------------------------------------------------------------- preemption

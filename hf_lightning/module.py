@@ -198,6 +198,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
             checkpoint[LOSS_CLASS_KEY] = f"{type(self.loss_fn).__module__}.{type(self.loss_fn).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._load_model_from_folder(checkpoint)
         trained_with = checkpoint.get(LOSS_CLASS_KEY)
         if trained_with and self.loss_fn is None:
             name = trained_with.rsplit(".", 1)[-1]
@@ -205,6 +206,24 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
                 "loss", f"the checkpoint was trained with {trained_with} and none was given",
                 f"pass it again: HFLightningModule.load_from_checkpoint(path, loss={name}(...))",
             )
+
+    def _load_model_from_folder(self, checkpoint: dict[str, Any]) -> None:
+        """Weights kept in a checkpoint folder's HF model files go in through the model's own ``load_state_dict``.
+
+        As transformers' ``_load_from_checkpoint`` does: a model that overrides ``load_state_dict`` (extra
+        buffers, renamed keys) or whose folder was re-saved sharded resumes like any other. Lightning then
+        loads the module's state dict as usual, completed here with the weights just loaded.
+        """
+        from hf_lightning.best_model import load_model_weights
+        from hf_lightning.checkpoint_interop import MODEL_FOLDER_KEY
+
+        found = checkpoint.pop(MODEL_FOLDER_KEY, None)
+        if found is None:
+            return
+        load_model_weights(self.model, found["folder"], field="resume_from_checkpoint")
+        state = checkpoint.setdefault("state_dict", {})
+        for key, value in self.state_dict().items():
+            state.setdefault(key, value)
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]

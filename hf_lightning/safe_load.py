@@ -25,7 +25,7 @@ from typing import Any
 
 from hf_lightning.errors import ConfigError
 
-__all__ = ["SAFE_GLOBALS", "read_checkpoint_header", "safe_torch_load"]
+__all__ = ["SAFE_GLOBALS", "numpy_globals", "read_checkpoint_header", "safe_torch_load"]
 
 #: Project types a checkpoint written by hf_lightning may hold besides tensors and plain data. Empty
 #: today (the resume state is stored as bytes, numbers and dicts, see ``rng.py``); a type added to
@@ -36,18 +36,21 @@ _GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
 def safe_torch_load(
-    path: str | os.PathLike[str], field: str = "ckpt_path", map_location: Any = "cpu", mmap: bool = False
+    path: str | os.PathLike[str], field: str = "ckpt_path", map_location: Any = "cpu", mmap: bool = False,
+    extra_globals: list[Any] | None = None,
 ) -> Any:
     """``torch.load(path, weights_only=True)`` with the project's types allowed; bad files are one ConfigError.
 
     ``field`` is the argument the user gave the path in, for the error line. ``mmap=True`` maps the
     tensor data instead of reading it (zip-format files only; older formats are read normally).
+    ``extra_globals`` allows a few more plain-data types for one load (transformers' ``rng_state.pth``
+    holds NumPy arrays: :func:`numpy_globals`); still nothing that can run code.
     """
     import torch
 
     file = Path(path).expanduser()
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals([*SAFE_GLOBALS, *(extra_globals or [])]):
             return torch.load(file, map_location=map_location, weights_only=True,
                               mmap=mmap and zipfile.is_zipfile(file))
     except pickle.UnpicklingError as err:
@@ -71,6 +74,18 @@ def safe_torch_load(
             f"{str(file)!r} is corrupt or not a checkpoint ({type(err).__name__}: {_first_line(err)})",
             "resume from an earlier checkpoint",
         ) from None
+
+
+def numpy_globals() -> list[Any]:
+    """The NumPy array and dtype types transformers allows when it reads its own ``rng_state.pth``.
+
+    Taken from transformers' ``safe_globals`` (``trainer_pt_utils``), the allow-list its ``Trainer``
+    loads RNG files with: array reconstruction, ``ndarray``, ``dtype`` and the uint32 dtype class.
+    None of them can call arbitrary code while unpickling.
+    """
+    from transformers.trainer_pt_utils import safe_globals
+
+    return list(safe_globals().safe_globals)
 
 
 def read_checkpoint_header(path: str | os.PathLike[str], field: str = "ckpt_path") -> dict[str, Any]:

@@ -41,6 +41,7 @@ Exact mid-epoch resume with Lightning (checked bit-exact against an uninterrupte
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -316,7 +317,13 @@ class ResumableSampler(Sampler[int]):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Apply a saved position after checking that it was taken with an equivalent configuration."""
+        """Apply a saved position; warn (and resume anyway, as transformers does) when the data order changed.
+
+        A different dataset size, seed or number of devices makes the saved position point into another
+        order: transformers resumes regardless and skips as many batches as were consumed, so a run whose
+        dataset grew still resumes. The same here, with a warning that names what changed; a position past
+        the end of the new epoch starts the next one.
+        """
         if state.get("version") != _STATE_VERSION:
             raise ConfigError(
                 "resume_from_checkpoint",
@@ -329,10 +336,13 @@ class ResumableSampler(Sampler[int]):
         changed = [
             f"{k} {state.get(k)!r} -> {getattr(self, k)!r}" for k in keys if state.get(k) != getattr(self, k)
         ]
+        consumed = int(state["consumed_on_this_rank"])
         if changed:
-            raise ConfigError(
-                "resume_from_checkpoint",
-                "the data order changed since the checkpoint was written (" + ", ".join(changed) + ")",
-                "resume with the same dataset, seed and number of devices, or start a fresh run",
+            warnings.warn(
+                "resume_from_checkpoint: the data order changed since the checkpoint was written ("
+                + ", ".join(changed) + "); resuming at the saved position of the new order, as transformers "
+                "does, so this run does not repeat the interrupted one exactly",
+                stacklevel=2,
             )
-        self.set_resume_position(int(state["epoch"]), int(state["consumed_on_this_rank"]))
+            consumed = min(consumed, self.num_samples)
+        self.set_resume_position(int(state["epoch"]), consumed)

@@ -141,7 +141,8 @@ def test_python_api_bad_input(cls_dataset, demo_tokenizer, tmp_path: Path) -> No
     half.mkdir(parents=True)
     (half / "config.json").write_text("{}")
     _raises(lambda: _trainer(tmp_path, ds, tok).train(resume_from_checkpoint=str(half)), "resume_from_checkpoint", "")
-    _raises(lambda: _trainer(tmp_path, ds, tok).train(resume_from_checkpoint=True), "resume_from_checkpoint", "no valid")
+    _raises(lambda: _trainer(tmp_path, ds, tok).train(resume_from_checkpoint=True), "resume_from_checkpoint",
+            "No valid checkpoint found in output directory")
 
 
 def test_output_dir_holding_another_run(cls_dataset, demo_tokenizer, tmp_path: Path) -> None:

@@ -145,15 +145,23 @@ def test_state_dict_round_trip_and_epoch_end_convention():
     assert (overshoot["epoch"], overshoot["consumed_on_this_rank"]) == (5, 0)
 
 
-def test_load_state_dict_refuses_a_different_data_order():
+def test_load_state_dict_warns_on_a_different_data_order_and_resumes():
+    """As transformers: a changed dataset, seed or device count resumes at the saved position, with a warning."""
     state = ResumableSampler(30, seed=5).state_dict(consumed_on_this_rank=2)
-    for changed in (
-        ResumableSampler(31, seed=5),
-        ResumableSampler(30, seed=6),
-        ResumableSampler(30, seed=5, num_replicas=2, rank=0),
+    for changed, what in (
+        (ResumableSampler(31, seed=5), "data_source_len 30 -> 31"),
+        (ResumableSampler(30, seed=6), "seed 5 -> 6"),
+        (ResumableSampler(30, seed=5, num_replicas=2, rank=0), "num_replicas 1 -> 2"),
     ):
-        with pytest.raises(ConfigError, match="resume_from_checkpoint"):
+        with pytest.warns(UserWarning, match=f"data order changed.*{what}"):
             changed.load_state_dict(state)
+        assert changed.pending_skip == 2
+    shrunk = ResumableSampler(10, seed=5)
+    with pytest.warns(UserWarning, match="data_source_len 30 -> 10"):
+        shrunk.load_state_dict(ResumableSampler(30, seed=5).state_dict(consumed_on_this_rank=20))
+    assert (shrunk.epoch, shrunk.pending_skip) == (1, 0), "past the new epoch's end: the next epoch starts"
+    with pytest.raises(ConfigError, match="version"):
+        changed.load_state_dict({**state, "version": 99})
 
 
 def test_group_by_length_groups_similar_lengths():

@@ -2,7 +2,11 @@
 
 Each folder holds the model (and tokenizer) in Hugging Face format, ``trainer_state.json`` in HF's
 schema, ``training_args.bin``, and ``lightning.ckpt`` with what exact resume needs (optimizer,
-scheduler, precision scaler, loop position, sampler position and every rank's RNG state). The folder
+scheduler, precision scaler, loop position, sampler position and every rank's RNG state). Where the
+strategy saves through :class:`~hf_lightning.checkpoint_interop.InteropCheckpointIO`, the optimizer,
+scheduler and scaler states are HF's ``optimizer.pt``/``scheduler.pt``/``scaler.pt`` and the model
+weights only the HF model files, with HF's RNG files beside them, so ``transformers.Trainer`` resumes
+the folder too and no tensor is stored twice. The folder
 appears under its final name only once complete (``checkpoint_io.atomic_directory``), so a process
 killed at any moment never leaves a checkpoint that resume would pick but cannot load.
 """
@@ -16,6 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from hf_lightning.checkpoint_interop import InteropCheckpointIO
 from hf_lightning.checkpoint_io import atomic_directory, rotate_checkpoints
 
 __all__ = ["LIGHTNING_CKPT", "TRAINER_STATE", "save_hf_checkpoint"]
@@ -43,7 +48,10 @@ def save_hf_checkpoint(
     with ctx as tmp:
         tmp = Path(trainer.strategy.broadcast(str(tmp) if rank_zero else None))
         if not save_only_model:
-            trainer.save_checkpoint(tmp / LIGHTNING_CKPT)
+            io = trainer.strategy.checkpoint_io
+            split = io.hf_folder(_model_prefix(module)) if isinstance(io, InteropCheckpointIO) else contextlib.nullcontext()
+            with split:
+                trainer.save_checkpoint(tmp / LIGHTNING_CKPT)
         module.save_hf_pretrained(tmp, processing_class=processing_class)
         if rank_zero:
             state.save_to_json(str(tmp / TRAINER_STATE))
@@ -54,3 +62,14 @@ def save_hf_checkpoint(
         rotate_checkpoints(output_dir, save_total_limit, protect=[p for p in (protect or []) if p])
     trainer.strategy.barrier()
     return final
+
+
+def _model_prefix(module: Any) -> str | None:
+    """The state-dict prefix of the weights the folder's HF model files hold in full, or None.
+
+    A PEFT model's folder holds only the adapter, so its weights stay in ``lightning.ckpt``.
+    """
+    from hf_lightning.best_model import is_peft_model
+
+    model = getattr(module, "model", None)
+    return None if model is None or is_peft_model(model) else "model."

@@ -57,11 +57,13 @@ from hf_lightning.module import HFLightningModule
 from hf_lightning.rng import capture_rng_state, restore_rng_state
 from hf_lightning.sampler import ResumableSampler
 
-__all__ = ["STATE_KEY", "ExactResumeCallback", "find_resumable_loader"]
+__all__ = ["STATE_KEY", "STATE_VERSION", "ExactResumeCallback", "find_resumable_loader"]
 
 #: Top-level checkpoint key holding this callback's state.
 STATE_KEY = "hf_lightning_exact_resume"
-_STATE_VERSION = 1
+#: Layout version of that state (a checkpoint built elsewhere, e.g. from transformers' files, writes it too).
+STATE_VERSION = 1
+_STATE_VERSION = STATE_VERSION
 
 
 # ---------------------------------------------------------------------------- finding the sampler

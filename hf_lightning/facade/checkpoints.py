@@ -15,13 +15,15 @@ import torch
 
 from hf_lightning.callbacks.hf_checkpoint import LIGHTNING_CKPT, TRAINER_STATE, save_hf_checkpoint
 from hf_lightning.checkpoint_io import (
+    COMPLETE_MARKER,
+    checkpoint_step,
     cleanup_incomplete,
+    completeness_problem,
     delete_checkpoints_except,
-    latest_checkpoint,
     list_checkpoints,
-    validate_resume_path,
 )
 from hf_lightning.errors import ConfigError
+from hf_lightning.facade import hf_resume
 from hf_lightning.log import get_logger
 from hf_lightning.models import save_model_weights
 
@@ -34,11 +36,15 @@ logger = get_logger(__name__)
 
 
 def resolve_resume(args: Any, resume_from_checkpoint: str | bool | None) -> str | None:
-    """The checkpoint folder to resume from (``True``: the latest valid one in ``output_dir``), or None.
+    """The checkpoint folder to resume from (``True``: the latest one in ``output_dir``), or None.
 
     Starting afresh in an ``output_dir`` that holds another run's checkpoints trains there, as
     transformers does (a search's trials do), with a warning naming them unless ``overwrite_output_dir``
-    is set, so a forgotten ``resume_from_checkpoint`` is noticed.
+    is set, so a forgotten ``resume_from_checkpoint`` is noticed. Resume is as lenient as
+    transformers': a folder ``transformers.Trainer`` wrote counts, and one whose files changed after it
+    was written (weights re-saved, sharded) resumes with a warning; what is missing raises HF's
+    ``ValueError`` texts ("No valid checkpoint found in output directory", "Can't find a valid
+    checkpoint at"), so scripts that match them keep working.
     """
     output_dir = Path(args.output_dir)
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
@@ -53,12 +59,35 @@ def resolve_resume(args: Any, resume_from_checkpoint: str | bool | None) -> str 
     if resume_from_checkpoint is True:
         if output_dir.is_dir():
             cleanup_incomplete(output_dir)
-        latest = latest_checkpoint(output_dir) if output_dir.is_dir() else None
-        if latest is None:
-            raise ConfigError("resume_from_checkpoint", f"no valid checkpoint found in {str(output_dir)!r}",
+        candidates = [*list_checkpoints(output_dir), *_hf_checkpoints(output_dir)]
+        if not candidates:
+            raise ConfigError("resume_from_checkpoint", f"No valid checkpoint found in output directory ({output_dir})",
                               "train without resuming first, or pass the checkpoint's path")
-        return str(latest)
-    return str(validate_resume_path(resume_from_checkpoint))
+        return str(max(candidates, key=lambda p: checkpoint_step(p) or 0))
+    return str(_check_resume_folder(Path(resume_from_checkpoint).expanduser()))
+
+
+def _hf_checkpoints(output_dir: Path) -> list[Path]:
+    """``checkpoint-N`` folders that ``transformers.Trainer`` wrote (no completion marker of ours)."""
+    if not output_dir.is_dir():
+        return []
+    return [p for p in output_dir.iterdir() if checkpoint_step(p) is not None and p.is_dir()
+            and not (p / COMPLETE_MARKER).exists() and hf_resume.is_hf_checkpoint(p)]
+
+
+def _check_resume_folder(path: Path) -> Path:
+    """The folder to resume from ``path`` (a checkpoint folder or a file in one); HF's error when there is none."""
+    folder = path.parent if path.is_file() else path
+    has_state = (folder / LIGHTNING_CKPT).is_file() or (folder / TRAINER_STATE).is_file()
+    if not folder.is_dir() or not has_state:
+        why = "it does not exist" if not path.exists() else f"no {LIGHTNING_CKPT} or {TRAINER_STATE} in it"
+        raise ConfigError("resume_from_checkpoint", f"Can't find a valid checkpoint at {path} ({why})",
+                          "pass a checkpoint-N folder from output_dir, or True to resume from the latest one")
+    problem = completeness_problem(folder)
+    if (folder / COMPLETE_MARKER).exists() and problem is not None:
+        warnings.warn(f"resume_from_checkpoint: {str(folder)!r} {problem}; resuming from it anyway, as "
+                      "transformers does (a partly written folder fails while loading)", stacklevel=5)
+    return folder
 
 
 def stateful_callbacks(trainer: Any) -> list[Any]:

@@ -8,17 +8,19 @@ log / evaluate / save cadence come from the bridge (``callbacks/hf_bridge.py``) 
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerState
-from transformers.trainer_utils import TrainOutput, speed_metrics
+from transformers.trainer_utils import TrainOutput, compare_trainer_and_checkpoint_args, speed_metrics
 
 from hf_lightning.callbacks.hf_bridge import HFCallbackBridge
 from hf_lightning.callbacks.summary import format_train_metrics
+from hf_lightning.checkpoint_interop import InteropCheckpointIO
 from hf_lightning.checkpoint_io_plugin import use_safe_loading
 from hf_lightning.errors import ConfigError
-from hf_lightning.facade import checkpoints, loaders
+from hf_lightning.facade import checkpoints, hf_resume, loaders
 from hf_lightning.facade.module import TrainerModule
 from hf_lightning.log import get_logger
 from hf_lightning.loggers import TrackerExtras, run_hyperparameters
@@ -59,6 +61,7 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     trainer.current_flos = 0.0
     if resume_dir is not None and (Path(resume_dir) / checkpoints.TRAINER_STATE).is_file():
         trainer.state = TrainerState.load_from_json(str(Path(resume_dir) / checkpoints.TRAINER_STATE))
+        compare_trainer_and_checkpoint_args(args, trainer.state)  # HF's warning for changed batch size, steps
         trainer._load_callback_state()  # HF: only with restore_callback_states_from_checkpoint=True
     trainer.state.is_hyper_param_search = trial is not None
     trainer._module = build_module(trainer)
@@ -73,7 +76,14 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     if plan["logger"]:  # HF's tracker integrations also log the arguments and (MLflow) the model
         plan["callbacks"].append(TrackerExtras(run_hyperparameters(args, trainer.model), save_model=trainer.save_model))
     trainer._pl_trainer = pl.Trainer(**plan)
-    use_safe_loading(trainer._pl_trainer)  # resume_from_checkpoint never unpickles code
+    # resume_from_checkpoint never unpickles code; checkpoint folders carry HF's files, and HF's folders resume
+    checkpoint_io = use_safe_loading(trainer._pl_trainer, InteropCheckpointIO())
+    if isinstance(checkpoint_io, InteropCheckpointIO):
+        checkpoint_io.foreign = partial(hf_resume.lightning_checkpoint_from_hf, trainer, train_loader, batches or 0)
+    elif resume_dir is not None and hf_resume.is_hf_checkpoint(Path(resume_dir)):
+        raise ConfigError("resume_from_checkpoint", f"{resume_dir!r} was written by transformers.Trainer, which this "
+                          f"strategy ({type(trainer._pl_trainer.strategy).__name__}) cannot resume",
+                          "resume it on one device or with DDP, or restart from its model weights")
     trainer.callback_handler.model = trainer.model
     _log_start(trainer, train_loader, max_steps, resume_dir)
     trainer.is_in_train = True

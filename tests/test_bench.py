@@ -54,8 +54,12 @@ def test_ray_vs_ddp_summary_separates_startup_from_steps() -> None:
 
 
 def _load(name: str):
+    """A bench script as a module, registered in sys.modules (its dataclasses look their module up there)."""
+    if f"bench_{name}" in sys.modules:
+        return sys.modules[f"bench_{name}"]
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -77,3 +81,39 @@ def test_checkpoint_cost_bench_times_both_trainers_saves(tmp_path: Path) -> None
     rows = {runner: bench.run_one(runner, hidden=32, layers=1, saves=2, root=tmp_path) for runner in bench.RUNNERS}
     assert all(r["saves"] == 2 and r["save_s"] > 0 for r in rows.values())
     assert {"model.safetensors", "trainer_state.json"} <= set(rows["hf_lightning"]["files"])
+
+
+def test_tune_sweep_task_and_report(tmp_path: Path, demo_assets) -> None:
+    bench = _load("tune_sweep")
+    files = bench.write_task(tmp_path, bench.TINY)
+    rows = [json.loads(line) for line in Path(files["train"]).read_text().splitlines()]
+    assert len(rows) == bench.TINY.train_samples and all(r["label"] == ("great" in r["text"].split()) for r in rows)
+    sweep = {"wall_s": 10.0, "trials": 4, "validations": 8, "stopped_early": 0, "best_metric": 0.1, "best_lr": 1e-3}
+    figures = {"ray_startup_s": 3.0, "overhead": {
+        "trials": 2, "epochs": 1, "warmup_fit_s": 5.0, "preflight_s": 1.0, "plain_s_per_trial": 2.0,
+        "ray_s_per_trial": 3.0, "overhead_s_per_trial": 1.0, "ray_fresh_process_s_per_trial": 9.0,
+        "ray_first_trial_inside_s": 4.0, "ray_later_trials_inside_s": 2.5, "plain_metric": [0.5, 0.5],
+        "ray_metric": [0.5, 0.5]},
+        "asha": {"epochs": 2, "fifo": sweep, "asha": dict(sweep, wall_s=4.0, validations=5, stopped_early=3),
+                 "wall_ratio": 0.4, "validation_ratio": 0.625}}
+    text = bench.report(figures)
+    assert "Ray overhead per trial: 1.00 s (1.50x a plain fit)" in text
+    assert "| asha | 4.0 | 5 | 3 | 0.1000 (0.001) |" in text
+    assert "ASHA / full trials: 0.40x wall time, 0.62x validations" in text
+
+
+@pytest.mark.slow
+def test_tune_sweep_benchmark_runs_on_the_tiny_setting(ray_local, demo_assets, tmp_path: Path, capsys) -> None:
+    """bench/tune_sweep.py --tiny on the session's local Ray: both parts run and their rows agree."""
+    bench = _load("tune_sweep")
+    figures = bench.main(["--tiny", "--json", str(tmp_path / "figures.json")])
+    assert json.loads((tmp_path / "figures.json").read_text()) == figures
+    a, b = figures["overhead"], figures["asha"]
+    assert figures["ray_startup_s"] == 0.0, "the running Ray was reused"
+    # the same trial inside Ray and in a plain fit: the same metric (Ray adds time, not a different run)
+    assert a["ray_metric"] == pytest.approx(a["plain_metric"], abs=1e-6) and len(a["ray_metric"]) == bench.TINY.overhead_trials
+    full = bench.TINY.sweep_trials * bench.TINY.sweep_epochs
+    assert b["fifo"]["validations"] == full and b["fifo"]["stopped_early"] == 0
+    assert b["asha"]["validations"] <= full  # which trials ASHA stops depends on arrival order: not asserted
+    assert b["asha"]["learning_rates"] == b["fifo"]["learning_rates"]
+    assert "ASHA / full trials:" in capsys.readouterr().out

@@ -84,6 +84,61 @@ class HoldLaterTrials(pl.Callback):
             time.sleep(0.2)
 
 
+class RecordWeights(pl.Callback):
+    """Appends one JSON line per training start and validation: the Ray trial, the epoch, the learning rate
+    the optimizer uses, the trial's configured one and a digest of the weights (to match a clone's start
+    with the validation whose checkpoint it restored).
+
+    It also keeps a population of ``trials`` in step: each waits (at most 60 s) at an epoch's start until
+    the others have validated the epoch before. Without that, a trial whose worker started first can
+    finish before the other reports once, and PBT has nobody to compare it with.
+    """
+
+    def __init__(self, path: str, trials: int = 2) -> None:
+        self.path = Path(path)
+        self.trials = trials
+
+    def _rows(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import ray.tune
+
+        me = ray.tune.get_context().get_trial_id()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            validated: dict[str, int] = {}
+            for row in self._rows():
+                validated.setdefault(row["trial"], -1)
+                if row["event"] == "validated":
+                    validated[row["trial"]] = max(validated[row["trial"]], row["epoch"])
+            others = [epoch for trial, epoch in validated.items() if trial != me]
+            if len(others) >= self.trials - 1 and all(e >= trainer.current_epoch - 1 for e in others):
+                return
+            time.sleep(0.2)
+
+    def _write(self, event: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import hashlib
+
+        import ray.tune
+
+        digest = hashlib.sha256()
+        for tensor in pl_module.state_dict().values():
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        row = {"event": event, "trial": ray.tune.get_context().get_trial_id(), "epoch": trainer.current_epoch,
+               "lr": trainer.optimizers[0].param_groups[0]["lr"], "config_lr": pl_module.hparams["learning_rate"],
+               "weights": digest.hexdigest()}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write("start", trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._write("validated", trainer, pl_module)
+
+
 class FailOnce(pl.Callback):
     """Raises at the end of the second epoch of the first trial that gets there (a crashed worker)."""
 
@@ -197,3 +252,42 @@ def test_interrupted_sweep_on_a_cluster_resumes_only_the_missing_trials(ray_clus
     assert fits.count(f"validated {interrupted}") == 2, "the interrupted trial went on from its checkpoint"
     (missing,) = {"0.001", "0.002", "0.003"} - {finished, interrupted}
     assert fits.count(f"fit {missing}") == 1 and fits.count(f"validated {missing}") == 2
+
+
+@pytest.mark.slow
+def test_pbt_sweep_clones_a_better_trial_and_trains_on(ray_local, tmp_path: Path, demo_assets) -> None:
+    """PBT (perturbation every validation, two trials side by side): the worse trial restores the better
+    one's checkpoint and goes on training from it. Read from Ray's own PBT log and from the weights each
+    fit starts from, not from timing."""
+    log = tmp_path / "weights.jsonl"
+    config = _sweep_config(
+        tmp_path,
+        {"search_space": {"model.learning_rate": {"distribution": "choice", "values": [GOOD_LR, HOPELESS_LR]}},
+         "search_alg": "grid", "scheduler": "pbt", "perturbation_interval": 1, "num_samples": 1,
+         "max_concurrent_trials": 2},
+        max_epochs=4, num_sanity_val_steps=0,
+        callbacks=[{"class_path": "tests.test_tune_cli.RecordWeights", "init_args": {"path": str(log), "trials": 2}}])
+    values = yaml.safe_load(config.read_text())
+    values["model"].update(lr_scheduler_type="constant", warmup_steps=0)  # the optimizer's lr is the trial's
+    config.write_text(yaml.safe_dump(values))
+    _tune("--config", str(config))
+    run_dir = tmp_path / "sweeps" / "sweep"
+    # Ray's PBT log, one line per exploit: [trial tag, donor tag, trial's iteration, donor's iteration,
+    # donor config, explored config]; a tag starts with the trial's index ("1_model_learning_rate=5.0000")
+    exploits = [json.loads(line) for line in (run_dir / "pbt_global.txt").read_text().splitlines()]
+    assert exploits, "no trial exploited another"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    ids = {int(r["trial"].rsplit("_", 1)[1]): r["trial"] for r in rows}
+    validated = {(r["trial"], r["weights"]) for r in rows if r["event"] == "validated"}
+    for tag, donor_tag, _, _, _, explored in exploits:
+        trial, donor = ids[int(tag.split("_")[0])], ids[int(donor_tag.split("_")[0])]
+        lr = explored["model.learning_rate"]
+        starts = [r for r in rows if r["event"] == "start" and r["trial"] == trial
+                  and (donor, r["weights"]) in validated and r["config_lr"] == pytest.approx(lr)]
+        assert starts, f"{trial} never started from {donor}'s weights with lr {lr}"
+        # it trains with the explored learning rate, not the donor's (the optimizer state came from the donor)
+        assert starts[0]["lr"] == pytest.approx(lr, rel=1e-9), starts[0]
+        later = [r for r in rows[rows.index(starts[0]):] if r["trial"] == trial and r["event"] == "validated"]
+        assert later and later[0]["epoch"] >= starts[0]["epoch"], "the clone trained on after the restore"
+    rows_csv = _rows(run_dir)
+    assert len(rows_csv) == 2 and all(r["status"] != "ERROR" for r in rows_csv), rows_csv

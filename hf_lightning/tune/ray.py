@@ -99,6 +99,7 @@ class Sweep:
                 search_alg=self.search_alg(),
                 # Ray applies this to Searchers (optuna); Ray's random/grid generator takes it itself.
                 max_concurrent_trials=s.max_concurrent_trials if s.search_alg == "optuna" else None,
+                reuse_actors=s.reuse_actors,
             ),
             run_config=self.run_config(),
         )
@@ -114,12 +115,17 @@ class Sweep:
         from ray import tune
 
         s = self.settings
+        if s.scheduler == "pbt":
+            # A PBT clone restores a checkpoint its donor reported earlier, and takes it into its own list of
+            # kept checkpoints; with any limit Ray deleted it under the clone's feet (measured with 1 and with
+            # the 4 most recent: the clone errors with "checkpoint ... does not exist"). Keep them all.
+            checkpoints = tune.CheckpointConfig(num_to_keep=None)
+        else:
+            checkpoints = tune.CheckpointConfig(num_to_keep=s.checkpoints_to_keep, checkpoint_score_attribute=s.metric,
+                                                checkpoint_score_order=s.mode)
         return tune.RunConfig(
             name=self.name, storage_path=str(self.run_dir.parent),
-            failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=s.checkpoints_to_keep, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode),
-            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=s.max_failures), checkpoint_config=checkpoints, verbose=1,
         )
 
     def scheduler(self) -> Any:
@@ -240,9 +246,13 @@ def fit_trial(config: dict[str, Any], fit_config: dict[str, Any], metric: str) -
     import ray.tune
     from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
+    from hf_lightning.tune.explore import ApplyTrialHyperparameters
+
     trial_dir = ray.tune.get_context().get_trial_dir()
     cli = build_cli(apply_dotted(fit_config, config), run_dir=trial_dir)
     cli.trainer.callbacks.append(TuneReportCheckpointCallback(metrics=None, on="validation_end"))
+    # first, so that every other callback already sees a PBT clone's explored values at on_train_start
+    cli.trainer.callbacks.insert(0, ApplyTrialHyperparameters())
     checkpoint = ray.tune.get_checkpoint()  # a retried trial, or a PBT clone: continue from it
     if checkpoint is None:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -60,10 +60,14 @@ class TuneSettings:
     """Ray resources one trial takes, e.g. {cpu: 2, gpu: 1}."""
     max_concurrent_trials: int | None = None
     """At most this many trials at once (None: as many as the resources allow)."""
+    reuse_actors: bool = True
+    """Run a trial in a worker process a finished trial leaves (Ray's ``reuse_actors``): a fresh process
+    per trial imports torch, Lightning and transformers again, which costs more than a small trial trains."""
     max_failures: int = 0
     """Restart a failed trial (from its last checkpoint) up to this many times."""
     checkpoints_to_keep: int | None = 1
-    """Checkpoints kept per trial, the best by ``metric`` (None: all)."""
+    """Checkpoints kept per trial, the best by ``metric`` (None: all). PBT keeps all: a clone restores a
+    checkpoint its donor reported earlier, which a limit would delete under it."""
     storage_path: str = "outputs/tune"
     """Where the sweep's run directory goes (results, best config, plot, Ray's state for --resume)."""
     name: str | None = None

@@ -39,6 +39,7 @@ __all__ = [
     "WindowCounter",
     "all_reduce_gradients",
     "all_reduce_sum",
+    "clip_grad_norm",
     "scale_gradients",
 ]
 
@@ -75,6 +76,32 @@ def scale_gradients(parameters: Iterable[torch.nn.Parameter], factor: float) -> 
     for p in parameters:
         if p.grad is not None:
             p.grad.mul_(factor)
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` that also takes a mix of sharded (``DTensor``) and whole gradients.
+
+    Under tensor parallelism the split projections hold ``DTensor`` gradients while layer norms and
+    embeddings hold ordinary ones; torch's foreach kernels refuse the mix. The global norm is then the
+    root of the two groups' squared norms (each ``DTensor`` norm reduced over its mesh), and every
+    gradient is scaled by the same factor as ``clip_grad_norm_`` would.
+    """
+    from torch.distributed.tensor import DTensor
+
+    if not params:
+        return torch.zeros(())
+    sharded = [p for p in params if isinstance(p.grad, DTensor)]
+    whole = [p for p in params if not isinstance(p.grad, DTensor)]
+    if not sharded or not whole:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norms = [torch.nn.utils.get_total_norm([p.grad for p in group]) for group in (sharded, whole)]
+    total = torch.stack([n.full_tensor() if isinstance(n, DTensor) else n for n in norms]).norm()
+    coef = min(max_norm / (float(total) + 1e-6), 1.0)
+    if coef < 1.0:
+        for p in params:
+            p.grad.mul_(coef)
+    return total
 
 
 class WindowCounter:
@@ -301,7 +328,7 @@ class AccumulationMixin(pl.LightningModule):
             if type(self.trainer.strategy).__name__ == "FSDPStrategy" and hasattr(root, "clip_grad_norm_"):
                 norm = root.clip_grad_norm_(max_norm)  # FSDP1: the norm over all ranks' shards
             else:
-                norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+                norm = clip_grad_norm(params, max_norm)
             if hasattr(norm, "full_tensor"):
                 norm = norm.full_tensor()
             self.last_step.grad_norm = float(norm)

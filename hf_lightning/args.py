@@ -10,7 +10,8 @@ stays true for third-party callbacks. What we change:
 * older names that scripts written for transformers 4 still use (``evaluation_strategy``, ``warmup_ratio``,
   ``overwrite_output_dir``) are accepted with a one-time deprecation warning.
 * Lightning-only fields (``accelerator``, ``devices``, ``num_nodes``, ``strategy``,
-  ``lightning_trainer_kwargs``, ``stop_on_nonfinite_loss``).
+  ``lightning_trainer_kwargs``, ``stop_on_nonfinite_loss``) and transformers 4.5x's ``tp_size`` with a
+  ``tp_plan`` (tensor parallelism, which transformers 5 moved into ``parallelism_config``).
 * fields that cannot take effect on this engine warn once instead of being silently ignored.
 """
 
@@ -123,12 +124,22 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "Lightning-only. Extra keyword arguments for lightning.Trainer (a dict, or JSON text "
                           "on the command line)."},
     )
+    tp_size: int = field(
+        default=1,
+        metadata={"help": "Tensor-parallel size (as transformers 4.5x): processes that split each layer; the data "
+                          "are split over devices x num_nodes / tp_size data-parallel groups."},
+    )
+    tp_plan: dict | str | None = field(
+        default=None,
+        metadata={"help": "Tensor-parallel plan: 'auto' (the model's own, or the BERT plan) or a dict of module-name "
+                          "patterns to 'colwise'/'rowwise' (JSON text on the command line)."},
+    )
     stop_on_nonfinite_loss: int | None = field(
         default=None,
         metadata={"help": "Lightning-only. Stop after this many optimizer steps in a row with a non-finite loss."},
     )
 
-    _VALID_DICT_FIELDS = [*transformers.TrainingArguments._VALID_DICT_FIELDS, "lightning_trainer_kwargs"]
+    _VALID_DICT_FIELDS = [*transformers.TrainingArguments._VALID_DICT_FIELDS, "lightning_trainer_kwargs", "tp_plan"]
 
     def __post_init__(self) -> None:
         if self.evaluation_strategy is not None:
@@ -213,8 +224,9 @@ class TrainingArguments(transformers.TrainingArguments):
         """
         out = super().to_dict()
         out.pop("evaluation_strategy", None)  # a mirror of eval_strategy for old scripts; reading it back warns
-        if isinstance(self.lightning_trainer_kwargs, dict):
-            out["lightning_trainer_kwargs"] = dict(self.lightning_trainer_kwargs)
+        for name in ("lightning_trainer_kwargs", "tp_plan"):
+            if isinstance(getattr(self, name), dict):
+                out[name] = dict(getattr(self, name))
         return out
 
     # ---- devices: read, never set up (Lightning's strategy owns torch.distributed) ----

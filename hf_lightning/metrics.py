@@ -274,9 +274,12 @@ class PredictionCollector:
         """
         self._to_host()
         arrays = {name: part.get_arrays() for name, part in self._parts.items()}
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            per_rank: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(per_rank, arrays)
+        from hf_lightning.data_parallel import data_parallel_group, data_parallel_world
+
+        world, _ = data_parallel_world()  # tensor-parallel ranks hold the same rows: gather one copy of each
+        if world > 1:
+            per_rank: list[Any] = [None] * world
+            dist.all_gather_object(per_rank, arrays, group=data_parallel_group())
             arrays = {name: _merge_ranks([r[name] for r in per_rank], self.concat) for name in arrays}
         return EvalPrediction(
             predictions=arrays["preds"], label_ids=arrays["labels"], inputs=arrays["inputs"], losses=arrays["losses"]

@@ -40,6 +40,7 @@ from hf_lightning.optim import (
     build_scheduler,
     lightning_optimizers,
     resolve_warmup_steps,
+    separate_sharded_parameters,
     set_optimizer_mode,
 )
 from hf_lightning.tasks import TaskName, task_spec
@@ -251,15 +252,15 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         self.train()
 
     def configure_model(self) -> None:
-        """Shard with FSDP2 under ``ModelParallelStrategy``; compile if asked. Safe to call twice."""
+        """Tensor-parallel and/or FSDP2-shard under ``ModelParallelStrategy``; compile if asked. Safe to call twice."""
         if self._sharded:
             return
         trainer = attached_trainer(self)
         strategy = trainer.strategy if trainer is not None else None
         if isinstance(strategy, pl.strategies.ModelParallelStrategy):
-            from hf_lightning.strategies import shard_for_strategy
+            from hf_lightning.strategies.tensor_parallel import parallelize_for_strategy
 
-            shard_for_strategy(self.model, strategy, mesh=self.device_mesh["data_parallel"])
+            parallelize_for_strategy(self.model, strategy, self.device_mesh)
         self._sharded = True
         if self.torch_compile:
             kwargs = self.torch_compile if isinstance(self.torch_compile, dict) else {}
@@ -376,6 +377,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
             optim_target_modules=hp.optim_target_modules,
             warmup_steps=resolve_warmup_steps(hp.warmup_steps, hp.warmup_ratio, num_training_steps),
         )
+        separate_sharded_parameters(optimizer)  # tensor parallel: fused kernels take no DTensor/Tensor mix
         scheduler = build_scheduler(
             optimizer,
             hp.lr_scheduler_type,

@@ -32,6 +32,7 @@ __all__ = [
     "step_plateau",
     "decay_parameter_groups",
     "resolve_warmup_steps",
+    "separate_sharded_parameters",
     "set_optimizer_mode",
 ]
 
@@ -192,6 +193,27 @@ def build_optimizer(
     if "optimizer_dict" in optimizer_kwargs:  # layer-wise optimizers
         groups = optimizer_kwargs.pop("optimizer_dict")
     return optimizer_cls(groups, **optimizer_kwargs)
+
+
+def separate_sharded_parameters(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Put a group's sharded (``DTensor``) and whole parameters into two groups with the same settings.
+
+    Under tensor parallelism only the split projections are ``DTensor``s; torch's fused and foreach
+    optimizer kernels refuse a group that mixes them with ordinary tensors, while each group is stepped
+    on its own. Call on a fresh optimizer, before a scheduler records its groups. No-op without DTensors.
+    """
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for group in optimizer.param_groups for p in group["params"]):
+        return optimizer
+    groups = []
+    for group in optimizer.param_groups:
+        for sharded in (True, False):
+            params = [p for p in group["params"] if isinstance(p, DTensor) == sharded]
+            if params:
+                groups.append({**group, "params": params})
+    optimizer.param_groups = groups
+    return optimizer
 
 
 def resolve_warmup_steps(warmup_steps: float, warmup_ratio: float | None, num_training_steps: int) -> int:

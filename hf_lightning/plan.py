@@ -41,7 +41,7 @@ def lightning_trainer_kwargs(args: Any, model: nn.Module | None, max_steps: int)
         num_training_steps=max_steps, accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes,
         ddp_find_unused_parameters=args.ddp_find_unused_parameters, ddp_bucket_cap_mb=args.ddp_bucket_cap_mb,
         ddp_broadcast_buffers=args.ddp_broadcast_buffers, ddp_timeout=args.ddp_timeout,
-        ddp_backend=args.ddp_backend, strategy=args.strategy,
+        ddp_backend=args.ddp_backend, strategy=args.strategy, tp_size=args.tp_size, tp_plan=args.tp_plan,
     )
     kwargs: dict[str, Any] = {
         "accelerator": accelerator,

@@ -46,9 +46,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from hf_lightning.data_parallel import data_parallel_world
 from hf_lightning.errors import ConfigError
 
 __all__ = ["ResumableSampler", "length_grouped_order"]
@@ -85,9 +85,8 @@ def length_grouped_order(
 
 
 def _default_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+    # The data-parallel world: under tensor parallelism the ranks of one group read the same samples.
+    return data_parallel_world()
 
 
 class ResumableSampler(Sampler[int]):

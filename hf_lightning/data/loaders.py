@@ -87,11 +87,10 @@ class _EvalShardSampler(torch.utils.data.Sampler[int]):
         self.n = n
 
     def _rank(self) -> tuple[int, int]:
-        import torch.distributed as dist
+        from hf_lightning.data_parallel import data_parallel_world
 
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+        world, rank = data_parallel_world()  # tensor-parallel ranks evaluate the same rows
+        return rank, world
 
     @property
     def real_count(self) -> int:

@@ -125,7 +125,9 @@ def save_during_training(trainer: Any, save_model_overridden: bool) -> None:
 def save_model(trainer: Any, output_dir: str | None) -> None:
     """Write the model (and processing class) with ``save_pretrained``, plus ``training_args.bin``."""
     output_dir = output_dir or trainer.args.output_dir
-    if trainer._module is not None and trainer._pl_trainer is not None and trainer.is_in_train:
+    # Sharded weights (FSDP2, tensor parallel) stay sharded after train(): gathering them is a collective.
+    sharded = any(hasattr(p, "full_tensor") for p in trainer.model.parameters())
+    if trainer._module is not None and trainer._pl_trainer is not None and (trainer.is_in_train or sharded):
         written = trainer._module.save_hf_pretrained(output_dir, processing_class=trainer.processing_class)
     else:
         Path(output_dir).mkdir(parents=True, exist_ok=True)

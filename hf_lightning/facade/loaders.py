@@ -123,15 +123,16 @@ class _RankShard(IterableDataset):
             self.dataset.set_epoch(epoch)  # a shuffled datasets stream reshuffles per epoch, as under HF
 
     def __iter__(self):
-        import torch.distributed as dist
+        from hf_lightning.data_parallel import data_parallel_world
 
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        world, rank = data_parallel_world()  # tensor-parallel ranks read the same rows
+        if world == 1:
             yield from self.dataset
             return
         from transformers.trainer_pt_utils import IterableDatasetShard
 
         yield from IterableDatasetShard(self.dataset, self.batch_size, self.drop_last,
-                                        num_processes=dist.get_world_size(), process_index=dist.get_rank())
+                                        num_processes=world, process_index=rank)
 
 
 def _signature_columns(trainer: Any) -> list[str]:

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from hf_lightning.accumulation import all_reduce_gradients, scale_gradients
 from hf_lightning.module import HFLightningModule
-from hf_lightning.optim import lightning_optimizers
+from hf_lightning.optim import lightning_optimizers, separate_sharded_parameters
 
 __all__ = ["TrainerModule", "accepts_parameter"]
 
@@ -153,7 +153,7 @@ class TrainerModule(HFLightningModule):
             optimizer.zero_grad()
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.host.create_optimizer()
+        optimizer = separate_sharded_parameters(self.host.create_optimizer())
         num_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = self.host.create_scheduler(num_training_steps=num_steps, optimizer=optimizer)
         return lightning_optimizers(optimizer, scheduler)

@@ -15,7 +15,8 @@ Two facts about the pinned versions shape the design:
 
 Files: ``config.py`` (JSON/boolean readers), ``devices.py`` (what hardware a run asks for),
 ``precision.py``, ``deepspeed.py``, ``fsdp_options.py`` (``FSDPOptions``), ``fsdp.py`` (sharding and the
-FSDP strategies), ``fsdp2.py`` (``FSDP2Strategy``), ``ddp.py`` (DDP and process-group helpers),
+FSDP strategies), ``fsdp2.py`` (``FSDP2Strategy``, ``TensorParallelStrategy``), ``tensor_parallel.py``
+(tensor-parallel plans, applied in ``configure_model``), ``ddp.py`` (DDP and process-group helpers),
 ``build.py`` (``build_strategy``).
 """
 
@@ -29,7 +30,7 @@ from hf_lightning.strategies.fsdp import (
     save_full_pretrained,
     shard_for_strategy,
 )
-from hf_lightning.strategies.fsdp2 import FSDP2Strategy
+from hf_lightning.strategies.fsdp2 import FSDP2Strategy, TensorParallelStrategy
 from hf_lightning.strategies.fsdp_options import FSDP_CONFIG_KEYS, FSDP_OPTIONS, FSDPOptions, fsdp_options
 from hf_lightning.strategies.precision import precision_from_flags
 
@@ -39,6 +40,7 @@ __all__ = [
     "FSDP_OPTIONS",
     "FSDP2Strategy",
     "FSDPOptions",
+    "TensorParallelStrategy",
     "build_strategy",
     "destroy_process_group_at_exit",
     "export_full_state_dict",

@@ -25,6 +25,7 @@ from hf_lightning.strategies.deepspeed import deepspeed_strategy
 from hf_lightning.strategies.devices import count_devices, targets_cuda
 from hf_lightning.strategies.fsdp import fsdp1_strategy, fsdp2_strategy
 from hf_lightning.strategies.fsdp_options import FSDPOptions
+from hf_lightning.strategies.tensor_parallel import tensor_parallel_strategy
 
 if TYPE_CHECKING:
     from lightning.pytorch.strategies import Strategy
@@ -49,11 +50,15 @@ def build_strategy(
     ddp_timeout: int | float | timedelta | None = 1800,
     ddp_backend: str | None = None,
     strategy: str | Strategy | None = None,
+    tp_size: int = 1,
+    tp_plan: Mapping[str, str] | str | None = None,
 ) -> str | Strategy:
     """Pick the Lightning strategy that realises HF's parallelism arguments.
 
-    Order of precedence: ``deepspeed`` → ``fsdp`` → an explicit ``strategy`` → DDP when more than one process
-    runs → ``"auto"``. DeepSpeed and Lightning's FSDPStrategy need CUDA, so on CPU ``fsdp`` becomes FSDP2 under
+    Order of precedence: ``deepspeed`` → ``tp_size`` > 1 → ``fsdp`` → an explicit ``strategy`` → DDP when more
+    than one process runs → ``"auto"``. ``tp_size`` > 1 builds a :class:`TensorParallelStrategy` (tensor
+    parallel over ``tp_size`` processes, FSDP2 with ``fsdp``'s options over the data-parallel rest).
+    DeepSpeed and Lightning's FSDPStrategy need CUDA, so on CPU ``fsdp`` becomes FSDP2 under
     ``ModelParallelStrategy`` (the LightningModule must then call :func:`fully_shard_hf_model` in
     ``configure_model``; :func:`fsdp_options` gives it the layer names and offload setting) and ``deepspeed``
     is refused with the fix. DDP gets HF's ``ddp_*`` knobs and the gloo backend on CPU.
@@ -61,6 +66,7 @@ def build_strategy(
     options = FSDPOptions.from_hf(fsdp, fsdp_config)
     explicit = strategy if not (isinstance(strategy, str) and strategy.lower() == "auto") else None
     _check_exclusive(deepspeed, options, explicit, strategy, num_nodes)
+    tp_size = _check_tp_size(tp_size, tp_plan, deepspeed, explicit)
 
     cuda = targets_cuda(accelerator)
     world = count_devices(devices, cuda) * num_nodes
@@ -77,6 +83,8 @@ def build_strategy(
         return deepspeed_strategy(
             deepspeed, args, model, num_training_steps, world_size=world, timeout=timeout, backend=backend
         )
+    if tp_size > 1:
+        return tensor_parallel_strategy(tp_size, tp_plan, options, world, timeout, backend)
     if options.enabled:
         if cuda:
             return fsdp1_strategy(options, model, timeout, backend)
@@ -95,6 +103,19 @@ def build_strategy(
             broadcast_buffers=ddp_broadcast_buffers,
         )
     return "auto"
+
+
+def _check_tp_size(tp_size: Any, tp_plan: Any, deepspeed: Any, explicit: Any) -> int:
+    """``tp_size`` as a positive int that no other strategy argument contradicts."""
+    if isinstance(tp_size, bool) or not isinstance(tp_size, int) or tp_size < 1:
+        raise ConfigError("tp_size", f"must be a positive integer, got {tp_size!r}", "use tp_size=1 (off) or e.g. 2")
+    if isinstance(tp_plan, Mapping) and tp_size == 1:
+        raise ConfigError("tp_plan", "is set but tp_size is 1, so nothing would be split", "set tp_size=2 or more")
+    if tp_size > 1 and deepspeed:
+        raise ConfigError("tp_size", "tensor parallelism and deepspeed are both set", "choose one of them")
+    if tp_size > 1 and explicit is not None:
+        raise ConfigError("strategy", f"strategy={explicit!r} conflicts with tp_size={tp_size}", "drop strategy")
+    return tp_size
 
 
 def _check_exclusive(

@@ -26,7 +26,7 @@ _JSON = '{"num_cycles": 2}'
 _CLI = {
     "lr_scheduler_type": ["cosine"],
     "lr_scheduler_kwargs": [_JSON],
-    "optim": ["adamw_torch"],
+    "optim": ["sgd"],  # the default is adamw_torch below torch 2.8, adamw_torch_fused from it
     "optim_target_modules": ["attn"],
     "activation_checkpointing_kwargs": ['{"use_reentrant": false}'],
     "gradient_checkpointing_kwargs": ['{"use_reentrant": false}'],

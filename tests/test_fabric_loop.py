@@ -7,6 +7,7 @@ clipping, 2 micro-batches per step (with a short last window: 5 batches per epoc
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def _argv(**options) -> list[str]:
 def initial_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random Llama saved once; both paths fine-tune it from the same weights."""
     fabric_loop = _example()
-    settings = fabric_loop.Settings(**{k: v for k, v in OPTIONS.items()})
+    settings = fabric_loop.Settings(**OPTIONS)
     tokenizer, _ = fabric_loop.load_data(settings)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("fabric_init") / "model"
@@ -57,7 +58,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def _run(script: Path, *args: str, cwd: Path) -> None:
     run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600, cwd=cwd,
-                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr[-4000:]
 
 

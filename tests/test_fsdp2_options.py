@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from hf_lightning.strategies import build_strategy, fully_shard_hf_model
+from hf_lightning.strategies import build_strategy, shard_for_strategy
 from hf_lightning.strategies.fsdp import FSDP1_ONLY
 from tests.conftest import tiny_bert_config
 
@@ -42,6 +42,14 @@ def _bert():
     torch.manual_seed(0)
     return transformers.BertForSequenceClassification(tiny_bert_config(num_hidden_layers=2, hidden_dropout_prob=0.0,
                                                                      attention_probs_dropout_prob=0.0))
+
+
+def _shard(model: torch.nn.Module, fsdp_config: dict[str, Any]) -> torch.nn.Module:
+    """Shard as a run with ``fsdp="full_shard"`` and ``fsdp_config`` does: the strategy carries the options."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    strategy = build_strategy(fsdp="full_shard", fsdp_config=fsdp_config, accelerator="cpu", devices=1)
+    return shard_for_strategy(model, strategy, mesh=init_device_mesh("cpu", (1,)))
 
 
 def _units(model: torch.nn.Module) -> list[str]:
@@ -74,7 +82,7 @@ def test_auto_wrap_policy_decides_the_units(one_process_group, policy: str, min_
                                             expected: list[str] | None) -> None:
     model = _bert()
     reference = copy.deepcopy(model)
-    fully_shard_hf_model(model, wrap_policy=policy, min_num_params=min_num_params)
+    _shard(model, {"auto_wrap_policy": policy, "min_num_params": min_num_params})
     units = _units(model)
     if expected is not None:
         assert units == expected
@@ -87,7 +95,7 @@ def test_auto_wrap_policy_decides_the_units(one_process_group, policy: str, min_
 def test_activation_checkpointing_on_fsdp2(one_process_group) -> None:
     model = _bert()
     reference = copy.deepcopy(model)
-    fully_shard_hf_model(model, activation_checkpointing=True)
+    _shard(model, {"activation_checkpointing": True})
     assert model.is_gradient_checkpointing
     assert not reference.is_gradient_checkpointing
     _grads_match_unsharded(model, reference)

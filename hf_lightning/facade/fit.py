@@ -95,6 +95,7 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
         finally:
             trainer.is_in_train = False
         trainer.state = trainer._bridge.host.state
+        trainer._bridge.begin_without_steps()  # resumed a finished run: HF still begins (and ends) training
         metrics = _train_metrics(trainer, start, trainer.num_examples(train_loader) if batches is not None else 0,
                                  max_steps)
         # HF's TrainerMemoryTracker names its stage after the calling function: "train" is this one.

@@ -17,6 +17,7 @@ arrays and gets transformers' own allow-list of NumPy types (:func:`~hf_lightnin
 from __future__ import annotations
 
 import contextlib
+import io
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -143,18 +144,26 @@ class InteropCheckpointIO(SafeLoadCheckpointIO):
         return checkpoint
 
 
+def _save(obj: Any, path: Path) -> None:
+    """``torch.save`` through memory, as Lightning saves: a failed write (disk full) is an ``OSError``
+    that the atomic folder turns into its one-line error, not a RuntimeError from torch's zip writer."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path.write_bytes(buffer.getbuffer())
+
+
 def _write_hf_files(checkpoint: dict[str, Any], folder: Path, model_prefix: str | None) -> dict[str, Any]:
     """Move the parts HF's files hold out of ``checkpoint`` into them; return what went where."""
     moved: dict[str, Any] = {}
     for key, name in (("optimizer_states", OPTIMIZER_NAME), ("lr_schedulers", SCHEDULER_NAME)):
         states = checkpoint.get(key)
         if isinstance(states, list) and len(states) == 1:  # HF's files hold one optimizer and one scheduler
-            torch.save(states[0], folder / name)
+            _save(states[0], folder / name)
             checkpoint[key] = []
             moved[key] = name
     scaler = checkpoint.get(_MIXED_PRECISION)
     if isinstance(scaler, dict) and scaler:
-        torch.save(scaler, folder / SCALER_NAME)
+        _save(scaler, folder / SCALER_NAME)
         moved[_MIXED_PRECISION] = SCALER_NAME
         del checkpoint[_MIXED_PRECISION]
     if model_prefix is not None and isinstance(checkpoint.get("state_dict"), dict):
@@ -162,7 +171,7 @@ def _write_hf_files(checkpoint: dict[str, Any], folder: Path, model_prefix: str 
         moved["model"] = model_prefix
     ranks = (checkpoint.get(_EXACT_RESUME_KEY) or {}).get("ranks") or []
     for rank, local in enumerate(ranks):
-        torch.save(plain_rng_to_hf(local["rng"]), folder / rng_file_name(rank, len(ranks)))
+        _save(plain_rng_to_hf(local["rng"]), folder / rng_file_name(rank, len(ranks)))
     return moved
 
 

@@ -58,7 +58,9 @@ def lightning_trainer_kwargs(args: Any, model: nn.Module | None, max_steps: int)
         "enable_checkpointing": False,
         "num_sanity_val_steps": 0,
         "limit_val_batches": 0,
-        "enable_progress_bar": not bool(args.disable_tqdm),
+        # HF's ProgressCallback (in trainer.callback_handler unless disable_tqdm) draws the bar and writes the
+        # logs under it, as in transformers; a second bar from Lightning would repeat it.
+        "enable_progress_bar": False,
         "enable_model_summary": False,
         "use_distributed_sampler": False,
         "log_every_n_steps": 1,

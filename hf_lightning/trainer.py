@@ -25,6 +25,7 @@ from transformers import (
     DefaultFlowCallback,
     EvalPrediction,
     PrinterCallback,
+    ProgressCallback,
     TrainerCallback,
     TrainerControl,
     TrainerState,
@@ -107,10 +108,10 @@ class Trainer(HyperparameterSearchMixin):
         self.callback_handler = CallbackHandler(
             [DefaultFlowCallback, *hf_callbacks], self.model, self.processing_class, self.optimizer, self.lr_scheduler
         )
-        if self.args.disable_tqdm is not False:
-            # After the user's callbacks, as in HF: PrinterCallback pops total_flos from the logs it is
-            # given, so callbacks before it see total_flos and callbacks after it do not.
-            self.add_callback(PrinterCallback)
+        # After the user's callbacks, as in HF: PrinterCallback pops total_flos from the logs it is given,
+        # so callbacks before it see total_flos and callbacks after it do not. ProgressCallback is HF's
+        # progress bar (Lightning's own is off in the facade), so remove_callback(ProgressCallback) works.
+        self.add_callback(PrinterCallback if self.args.disable_tqdm is not False else ProgressCallback)
         self.state = TrainerState(
             is_local_process_zero=True, is_world_process_zero=True, stateful_callbacks=checkpoints.stateful_callbacks(self)
         )

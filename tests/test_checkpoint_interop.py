@@ -209,3 +209,37 @@ def test_resume_loads_through_the_models_own_load_state_dict(cls_dataset, demo_t
     assert int(resumed.model.steps_seen) == 10, "the extra buffer was restored"
     assert _diff(resumed.model, full.model) == 0.0
 
+
+
+class _Timer(transformers.TrainerCallback):
+    """Needs on_train_begin's state in on_train_end, as timing and tracking callbacks do."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.events.append("on_train_begin")
+        self.began_at = state.global_step
+
+    def on_log(self, args, state, control, **kwargs):
+        self.events.append("on_log")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.events.append("on_step_end")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.events.append("on_train_end")
+        self.steps_run = state.global_step - self.began_at
+
+
+def test_resuming_a_finished_run_begins_and_ends_as_hf(runs, cls_dataset, demo_tokenizer, tmp_path) -> None:
+    events = {}
+    for name, make in (("hf", _hf_trainer), ("ours", _ours)):
+        _resume_dir(runs["root"] / name / "checkpoint-20", tmp_path / name)
+        timer = _Timer()
+        trainer = make(copy.deepcopy(runs["base"]), tmp_path / name, cls_dataset, demo_tokenizer)
+        trainer.add_callback(timer)
+        trainer.train(resume_from_checkpoint=True)
+        assert trainer.state.global_step == 20 and timer.steps_run == 0
+        events[name] = timer.events
+    assert events["ours"] == events["hf"] == ["on_train_begin", "on_log", "on_train_end"]

@@ -197,13 +197,33 @@ def test_accelerator_sync_gradients_is_true_on_a_windows_last_micro_batch(cls_da
 
 
 def test_train_prints_its_metrics_in_one_line(cls_dataset, demo_tokenizer, tmp_path: Path, capsys) -> None:
-    """With the progress bar on, train() ends with HF's one-line metrics dict (as HF's progress callback)."""
+    """With the progress bar on, train() ends with the metrics line HF's ProgressCallback writes under its bar."""
     trainer = Trainer(model=tiny_bert_classifier(len(demo_tokenizer)),
                       args=_args(TrainingArguments, tmp_path, eval_strategy="no", max_steps=2, disable_tqdm=False),
                       train_dataset=cls_dataset, processing_class=demo_tokenizer)
     result = trainer.train()
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if "train_runtime" in ln]
+    out = capsys.readouterr()
+    lines = [ln for ln in out.out.splitlines() if "train_runtime" in ln]
     assert len(lines) == 1
     shown = ast.literal_eval(lines[0][lines[0].index("{"):])
-    assert shown["train_loss"] == result.metrics["train_loss"] and shown["epoch"] == round(result.metrics["epoch"], 2)
-    assert "total_flos" not in shown
+    assert shown["train_loss"] == f"{result.metrics['train_loss']:.4g}" and "total_flos" not in shown
+    assert "2/2" in out.err, "HF's training bar (tqdm, on stderr) counted the optimizer steps"
+
+
+@pytest.mark.parametrize("disable_tqdm", [False, True])
+def test_default_callbacks_are_hfs(disable_tqdm: bool, cls_dataset, demo_tokenizer, tmp_path: Path, capsys) -> None:
+    """The same callback list as transformers.Trainer's; ProgressCallback is the only bar and can be removed."""
+    names = []
+    for cls, args_cls in ((transformers.Trainer, transformers.TrainingArguments), (Trainer, TrainingArguments)):
+        trainer = cls(model=tiny_bert_classifier(len(demo_tokenizer)), train_dataset=cls_dataset,
+                      args=_args(args_cls, tmp_path / cls.__module__, eval_strategy="no", max_steps=2,
+                                 disable_tqdm=disable_tqdm), processing_class=demo_tokenizer)
+        names.append([type(cb).__name__ for cb in trainer.callback_handler.callbacks])
+    assert names[1] == names[0]
+    assert ("ProgressCallback" in names[1]) is (not disable_tqdm)
+    if not disable_tqdm:
+        capsys.readouterr()
+        trainer.remove_callback(transformers.ProgressCallback)
+        trainer.train()
+        out = capsys.readouterr()
+        assert "train_runtime" not in out.out and "2/2" not in out.err, "no bar and no lines once removed, as HF"

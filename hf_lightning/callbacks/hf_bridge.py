@@ -85,6 +85,7 @@ class HFCallbackBridge(pl.Callback):
     def __init__(self, host: BridgeHost, drive: bool = True) -> None:
         self.host = host
         self.drive = drive
+        self.began = False  # on_train_begin fired in this fit
         self._reset_loss_tracking()
 
     def _reset_loss_tracking(self) -> None:
@@ -141,10 +142,23 @@ class HFCallbackBridge(pl.Callback):
         self.total_loss = 0.0
         self.start_time = time.time()
         self._refs(trainer, pl_module)
+        self.began = True
         self._event("on_train_begin")
         if self.drive and getattr(self.host.args, "eval_on_start", False) and trainer.global_step == 0:
             self.host.evaluate_during_training()
         self._apply_control(trainer, pl_module, after_step=False)
+
+    def begin_without_steps(self) -> None:
+        """``on_train_begin`` for a fit that had nothing left to train (resumed at ``max_steps``).
+
+        Lightning skips its training loop, and with it ``on_train_start``; transformers still fires
+        ``on_train_begin`` before its final log and ``on_train_end``, which callbacks rely on.
+        """
+        if self.began:
+            return
+        self.seen_step = self.initial_step = self.last_logged = self.host.state.global_step
+        self.began = True
+        self._event("on_train_begin")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if isinstance(pl_module, HFLightningModule):

@@ -3,8 +3,8 @@
 A user who ran ``hf-lightning fit`` should not have to open a CSV to learn the held-out accuracy or
 hunt for the folders the run wrote. ``RunSummary`` prints, on rank 0 when fit ends: the final
 validation metrics, the best checkpoint, the Hugging Face-format folder, the log folder and the
-wall time of the fit. ``format_train_metrics`` is the facade's counterpart: HF's ``TrainOutput``
-metrics on one line, as transformers' progress callback writes them under its bar.
+wall time of the fit. (The HF-style facade prints its metrics through transformers' own
+``ProgressCallback``/``PrinterCallback`` instead.)
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["RunSummary", "format_fit_summary", "format_train_metrics"]
+__all__ = ["RunSummary", "format_fit_summary"]
 
 
 class RunSummary(pl.Callback):
@@ -71,11 +70,3 @@ def format_fit_summary(trainer: pl.Trainer, pl_module: pl.LightningModule, wall_
     if wall_seconds is not None:
         lines.append(f"  wall time:        {wall_seconds:.1f} s")
     return "\n".join(lines)
-
-
-def format_train_metrics(metrics: dict[str, Any]) -> str:
-    """HF's end-of-training line: the metrics dict, ``total_flos`` dropped, epoch rounded to 2 places."""
-    shown = {k: v for k, v in metrics.items() if k != "total_flos"}
-    if "epoch" in shown:
-        shown["epoch"] = round(shown["epoch"], 2)
-    return str(shown)

@@ -16,7 +16,6 @@ from transformers import TrainerState
 from transformers.trainer_utils import TrainOutput, compare_trainer_and_checkpoint_args, speed_metrics
 
 from hf_lightning.callbacks.hf_bridge import HFCallbackBridge
-from hf_lightning.callbacks.summary import format_train_metrics
 from hf_lightning.checkpoint_interop import InteropCheckpointIO
 from hf_lightning.checkpoint_io_plugin import use_safe_loading
 from hf_lightning.errors import ConfigError
@@ -95,6 +94,7 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
         finally:
             trainer.is_in_train = False
         trainer.state = trainer._bridge.host.state
+        trainer._bridge.begin_without_steps()  # resumed a finished run: HF still begins (and ends) training
         metrics = _train_metrics(trainer, start, trainer.num_examples(train_loader) if batches is not None else 0,
                                  max_steps)
         # HF's TrainerMemoryTracker names its stage after the calling function: "train" is this one.
@@ -191,10 +191,7 @@ def _train_metrics(trainer: Any, start: float, num_samples: int, max_steps: int)
 def _finish(trainer: Any, metrics: dict[str, float]) -> TrainOutput:
     """HF's end of training: train metrics logged, best model reloaded, ``on_train_end``."""
     state, args = trainer.state, trainer.args
-    trainer.log(metrics)
-    if not args.disable_tqdm and trainer.is_world_process_zero():
-        # HF's progress callback writes this line under its bar; with disable_tqdm HF's printer did.
-        print(format_train_metrics(metrics), flush=True)
+    trainer.log(metrics)  # HF's ProgressCallback (or PrinterCallback) prints this line
     logger.info("Training completed: %d optimizer steps, train_loss %s", state.global_step, metrics["train_loss"])
     if args.load_best_model_at_end and state.best_model_checkpoint is not None:
         trainer._load_best_model()

@@ -55,6 +55,8 @@ def lightning_checkpoint_from_hf(trainer: Any, loader: Any, batches_per_epoch: i
     state = TrainerState.load_from_json(str(folder / TRAINER_STATE))
     steps = state.global_step
     accumulation = args.gradient_accumulation_steps
+    if batches_per_epoch <= 0:  # a stream (no length): one endless epoch, as transformers counts it
+        batches_per_epoch = steps * accumulation + 1
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / accumulation))
     epochs_done, steps_into_epoch = divmod(steps, steps_per_epoch)
     if steps_into_epoch == 0 and epochs_done > 0:  # saved after an epoch's last step

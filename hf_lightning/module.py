@@ -174,7 +174,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         self.last_train_log: dict[str, float] = {}
         # Set when stop_on_nonfinite_loss stopped the run: the reason, for the caller's report.
         self.nonfinite_stop_message: str | None = None
-        # The scheduler, when it is a ReduceLROnPlateau: stepped after each evaluation, not by Lightning.
+        # The scheduler, when it steps on a metric (ReduceLROnPlateau, GreedyLR): after each evaluation, not by Lightning.
         self.plateau_scheduler: Any = None
         self._nonfinite_streak = 0
         self._sharded = False
@@ -386,7 +386,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
             warmup_ratio=hp.warmup_ratio,
             lr_scheduler_kwargs=hp.lr_scheduler_kwargs,
         )
-        self.plateau_scheduler = scheduler  # step_plateau acts only when it is a ReduceLROnPlateau
+        self.plateau_scheduler = scheduler  # step_plateau acts only on a metric scheduler
         return lightning_optimizers(optimizer, scheduler)
 
     # ------------------------------------------------------------------ export

@@ -28,6 +28,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "check_name",
+    "is_metric_scheduler",
     "lightning_optimizers",
     "step_plateau",
     "decay_parameter_groups",
@@ -49,7 +50,7 @@ OptimName = Literal[
 SchedulerName = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-    "warmup_stable_decay",
+    "warmup_stable_decay", "greedy",
 ]  # fmt: skip
 
 
@@ -244,26 +245,42 @@ def build_scheduler(
     )
 
 
+def _metric_scheduler_types() -> tuple[type, ...]:
+    """The schedulers transformers.Trainer steps with an evaluation metric: ReduceLROnPlateau and GreedyLR."""
+    import transformers.optimization
+
+    greedy = getattr(transformers.optimization, "GreedyLR", None)  # lr_scheduler_type="greedy", transformers 5.x
+    return (torch.optim.lr_scheduler.ReduceLROnPlateau,) + ((greedy,) if greedy is not None else ())
+
+
+def is_metric_scheduler(scheduler: Any) -> bool:
+    """Whether ``scheduler`` steps on an evaluation metric (after each evaluation) instead of every optimizer step."""
+    return isinstance(scheduler, _metric_scheduler_types())
+
+
 def lightning_optimizers(optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
     """``configure_optimizers``' answer: the scheduler steps once per optimizer step.
 
-    ``ReduceLROnPlateau`` is the exception: it needs an evaluation metric, and HF steps it after each
-    evaluation during training, so Lightning is not given it; :func:`step_plateau` does the stepping.
+    ``ReduceLROnPlateau`` and ``GreedyLR`` are the exception: they need an evaluation metric, and HF steps
+    them after each evaluation during training, so Lightning is not given them; :func:`step_plateau` does.
     """
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+    if is_metric_scheduler(scheduler):
         return {"optimizer": optimizer}
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def step_plateau(scheduler: Any, metrics: dict[str, Any], metric: str | None) -> None:
-    """Step a ``ReduceLROnPlateau`` with this evaluation's ``metric`` (``eval_`` prefix optional), as HF does."""
-    if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """Step a metric scheduler (:func:`is_metric_scheduler`) with this evaluation's ``metric``, as HF does.
+
+    The ``eval_`` prefix of ``metric`` is optional; other schedulers are left alone.
+    """
+    if not is_metric_scheduler(scheduler):
         return
     name = metric or "loss"
     name = name if name.startswith("eval_") else f"eval_{name}"
     if name not in metrics:
         raise ConfigError(
-            "metric_for_best_model", f"reduce_lr_on_plateau watches {name!r}, which the evaluation did not report",
-            f"use one of {sorted(k for k in metrics if k.startswith('eval_'))}",
+            "metric_for_best_model", f"the {type(scheduler).__name__} scheduler watches {name!r}, which the "
+            "evaluation did not report", f"use one of {sorted(k for k in metrics if k.startswith('eval_'))}",
         )
     scheduler.step(float(metrics[name]))

@@ -100,7 +100,7 @@ class Trainer(HyperparameterSearchMixin):
         setup.check_construction(self)  # the argument checks of transformers' Trainer.__init__
         setup.inspect_model(self)  # task, label_names, can_return_loss, model_accepts_loss_kwargs
         self.model_preparation_time: float | None = None
-        self.label_smoother = setup.label_smoother(self.args, self.task)
+        self.label_smoother = setup.label_smoother(self.args, self.task, self.model)
         self.accelerator = AccelerateShim(self)
         self.control = TrainerControl()
         self.current_flos = 0.0
@@ -159,11 +159,14 @@ class Trainer(HyperparameterSearchMixin):
         return loaders.remove_unused_columns(self, dataset)
 
     def num_examples(self, dataloader: DataLoader) -> int:
-        """Examples behind ``dataloader`` (its dataset's length, else batches x batch size), as in HF."""
+        """Examples behind ``dataloader`` (its dataset's length, else batches x train batch size), as in HF.
+
+        A ``get_train_dataloader`` override may return any sized iterable (no ``.dataset``/``.batch_size``).
+        """
         try:
             return len(dataloader.dataset)  # type: ignore[arg-type]
         except (NameError, AttributeError, TypeError):
-            return len(dataloader) * (dataloader.batch_size or 1)
+            return len(dataloader) * self.args.per_device_train_batch_size
 
     # ================================================================ optimizer and scheduler
     def create_optimizer(self) -> torch.optim.Optimizer:

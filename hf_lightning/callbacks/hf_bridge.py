@@ -65,7 +65,7 @@ class BridgeHost(Protocol):
     control: TrainerControl
     callback_handler: CallbackHandler
 
-    #: a ReduceLROnPlateau that evaluations step (Lightning does not hold it), else None
+    #: a metric scheduler (ReduceLROnPlateau, GreedyLR) that evaluations step (Lightning does not hold it)
     lr_scheduler: Any
 
     def log(self, logs: dict[str, float]) -> None: ...
@@ -106,7 +106,7 @@ class HFCallbackBridge(pl.Callback):
         handler.model = getattr(pl_module, "model", pl_module)
         handler.optimizer = trainer.optimizers[0] if trainer.optimizers else None
         configs = trainer.lr_scheduler_configs
-        # A ReduceLROnPlateau is stepped by evaluations, not by Lightning: take it from its owner.
+        # A metric scheduler is stepped by evaluations, not by Lightning: take it from its owner.
         handler.lr_scheduler = configs[0].scheduler if configs else self.host.lr_scheduler
         handler.train_dataloader = trainer.train_dataloader
 

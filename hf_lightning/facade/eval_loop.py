@@ -38,8 +38,9 @@ def evaluate(
         for name, dataset in eval_dataset.items():
             out.update(trainer.evaluate(dataset, ignore_keys, f"{metric_key_prefix}_{name}"))
         return out
-    if eval_dataset is None and isinstance(trainer.eval_dataset, dict):
-        return trainer.evaluate(trainer.eval_dataset, ignore_keys, metric_key_prefix)
+    if eval_dataset is None and isinstance(trainer.eval_dataset, dict):  # by name, as HF (each loader is kept)
+        return {k: v for name in trainer.eval_dataset
+                for k, v in trainer.evaluate(name, ignore_keys, f"{metric_key_prefix}_{name}").items()}
     trainer._memory_tracker.start()  # skip_memory_metrics=False: HF's eval_mem_* metrics
     dataloader = trainer.get_eval_dataloader(eval_dataset)
     trainer.callback_handler.eval_dataloader = dataloader
@@ -72,8 +73,8 @@ def evaluate_during_training(trainer: Any) -> dict[str, float]:
     """The bridge's evaluation at HF's cadence: every eval dataset, then a plateau scheduler's step."""
     if isinstance(trainer.eval_dataset, dict):
         metrics: dict[str, float] = {}
-        for name, dataset in trainer.eval_dataset.items():
-            metrics.update(trainer.evaluate(dataset, metric_key_prefix=f"eval_{name}"))
+        for name in trainer.eval_dataset:  # by name, as HF: a persistent-worker loader is kept per name
+            metrics.update(trainer.evaluate(name, metric_key_prefix=f"eval_{name}"))
     else:
         metrics = trainer.evaluate()
     step_plateau(trainer.lr_scheduler, metrics, trainer.args.metric_for_best_model)
@@ -100,8 +101,10 @@ def evaluation_loop(
     compute_metrics, preprocess = trainer.compute_metrics, trainer.preprocess_logits_for_metrics
     batch_metrics = bool(args.batch_eval_metrics) and compute_metrics is not None
     collector = None
-    if not loss_only and not batch_metrics:
-        collector = PredictionCollector(preprocess, include, args.eval_do_concat_batches, args.eval_accumulation_steps)
+    # predict() keeps the predictions also with batch_eval_metrics (HF); the batches are then preprocessed here.
+    if not loss_only and (not batch_metrics or description == "Prediction"):
+        collector = PredictionCollector(None if batch_metrics else preprocess, include, args.eval_do_concat_batches,
+                                        args.eval_accumulation_steps)
         collector.reset(eval_rows(dataloader))
     loss_sum, samples, loss_samples = 0.0, 0, 0
     metrics: dict[str, Any] = {}
@@ -123,14 +126,14 @@ def evaluation_loop(
         if loss is not None:  # HF: the mean of per-sample copies of each batch's mean loss
             loss_sum += float(loss) * rows
             loss_samples += rows
+        if batch_metrics and logits is not None and preprocess is not None:
+            logits = preprocess(logits, labels)
         if batch_metrics and logits is not None and labels is not None:
-            if preprocess is not None:
-                logits = preprocess(logits, labels)
             extra = {"losses": loss.repeat(rows) if "loss" in include and loss is not None else None,
                      "inputs": inputs.get(main_input) if "inputs" in include else None}
             last = upcoming is None or trim.left == 0  # what follows may be only repeated rows
             metrics = compute_metrics(EvalPrediction(logits, labels, **extra), compute_result=last)
-        elif collector is not None and logits is not None:
+        if collector is not None and logits is not None:
             collector.update(logits, labels, inputs.get(main_input), loss)
         trainer.control = trainer.callback_handler.on_prediction_step(args, trainer.state, trainer.control)
     model.train(False)
@@ -139,8 +142,8 @@ def evaluation_loop(
     loss_samples = int(all_reduce_number(loss_samples, device))
     loss_sum = all_reduce_number(loss_sum, device)
     prediction = collector.eval_prediction() if collector is not None else None
-    if compute_metrics is not None and prediction is not None and prediction.predictions is not None \
-            and prediction.label_ids is not None:
+    if compute_metrics is not None and not batch_metrics and prediction is not None \
+            and prediction.predictions is not None and prediction.label_ids is not None:
         metrics = compute_metrics(prediction)
     metrics = denumpify_detensorize(dict(metrics or {}))
     if loss_samples > 0:

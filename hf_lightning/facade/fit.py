@@ -107,14 +107,16 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
 def check_eval_setup(trainer: Any) -> None:
     """Fail before training when evaluation is asked for but cannot produce what is needed."""
     args = trainer.args
+    strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+    evaluates = str(strategy) != "no" or args.eval_on_start
     metric = args.metric_for_best_model
-    if metric and trainer.compute_metrics is None and metric not in ("loss", "eval_loss"):
+    # Without evaluations in training the metric is never read: transformers trains, and so do we.
+    if evaluates and metric and trainer.compute_metrics is None and metric not in ("loss", "eval_loss"):
         raise ConfigError(
             "metric_for_best_model", f"{metric!r} is never produced: without compute_metrics evaluation reports only eval_loss",
             "pass compute_metrics returning it, or use metric_for_best_model='eval_loss'",
         )
-    strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
-    if (str(strategy) != "no" or args.eval_on_start) and trainer.eval_dataset is None:
+    if evaluates and trainer.eval_dataset is None:
         raise ConfigError("eval_strategy", f"is {strategy!r} but no eval_dataset was given",
                           "pass eval_dataset=... or set eval_strategy='no'")
 

@@ -46,7 +46,25 @@ def train_dataloader(trainer: Any) -> DataLoader:
 
 
 def eval_dataloader(trainer: Any, eval_dataset: str | Dataset | None = None) -> DataLoader:
-    """HF's ``get_eval_dataloader``: in order, the trainer's ``eval_dataset`` unless one is passed."""
+    """HF's ``get_eval_dataloader``: in order, the trainer's ``eval_dataset`` unless one is passed.
+
+    With ``dataloader_persistent_workers`` the loader of the trainer's own evaluation set (and of each
+    named one) is built once and kept, as HF keeps it, so its workers live on between evaluations. A
+    dataset passed in gets a loader of its own: transformers would hand back the cached loader of
+    another set there.
+    """
+    args = trainer.args
+    key = eval_dataset if isinstance(eval_dataset, str) else "eval" if eval_dataset is None else None
+    cached = getattr(trainer, "_eval_dataloaders", None) or {}
+    if key is not None and args.dataloader_persistent_workers and key in cached:
+        return cached[key]
+    loader = _eval_dataloader(trainer, eval_dataset)
+    if key is not None and args.dataloader_persistent_workers:
+        trainer._eval_dataloaders = {**cached, key: loader}
+    return loader
+
+
+def _eval_dataloader(trainer: Any, eval_dataset: str | Dataset | None) -> DataLoader:
     args = trainer.args
     if isinstance(eval_dataset, str):  # HF: a name looks the set up in a dict eval_dataset
         named = trainer.eval_dataset if isinstance(trainer.eval_dataset, dict) else {}

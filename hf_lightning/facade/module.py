@@ -63,6 +63,8 @@ class TrainerModule(HFLightningModule):
         self._deferred: torch.Tensor | None = None  # DeepSpeed: what backward was asked for, run by Lightning
         self.manual_grad_sync = True  # HF's training_step calls backward itself
         self._user_loss = 0.0
+        # The optimizer whose gradients are cleared once Lightning stepped the scheduler (see optimizer_step).
+        self._clear_after_scheduler: torch.optim.Optimizer | None = None
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -147,9 +149,21 @@ class TrainerModule(HFLightningModule):
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if not getattr(self.trainer.strategy, "handles_gradient_accumulation", False):  # DeepSpeed clears its own
-            # HF clears gradients right after the step, before on_step_end; callbacks there (and an
-            # evaluation at this step) see none, as under transformers.Trainer.
+        if getattr(self.trainer.strategy, "handles_gradient_accumulation", False):
+            return  # DeepSpeed clears its own
+        # HF clears gradients right after the scheduler's step, before on_step_end; callbacks there (and
+        # an evaluation at this step) see none, as under transformers.Trainer. Lightning steps the
+        # schedulers after this hook, so with one the clearing waits for it (lr_scheduler_step):
+        # transformers' AdafactorSchedule reads the rate Adafactor used from the gradients.
+        if any(config.interval == "step" for config in self.trainer.lr_scheduler_configs):
+            self._clear_after_scheduler = optimizer
+        else:
+            optimizer.zero_grad()
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        super().lr_scheduler_step(scheduler, metric)
+        optimizer, self._clear_after_scheduler = self._clear_after_scheduler, None
+        if optimizer is not None:
             optimizer.zero_grad()
 
     def configure_optimizers(self) -> Any:

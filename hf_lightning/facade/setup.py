@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -88,9 +89,17 @@ def fresh_model(trainer: Any, trial: Any = None) -> None:
     inspect_model(trainer)
 
 
-def label_smoother(args: TrainingArguments, task: str) -> Any:
-    """HF's ``label_smoother`` for ``label_smoothing_factor`` (None when it is 0)."""
+def label_smoother(args: TrainingArguments, task: str, model: Any = None) -> Any:
+    """HF's ``label_smoother`` for ``label_smoothing_factor`` (None when it is 0).
+
+    As in transformers, a multi-label model (``problem_type="multi_label_classification"``) gets none,
+    with transformers' warning: smoothing class indices does not apply to its 0/1 label vectors.
+    """
     if not args.label_smoothing_factor:
+        return None
+    if getattr(getattr(model, "config", None), "problem_type", None) == "multi_label_classification":
+        warnings.warn("Label smoothing is not compatible with multi-label classification. "
+                      "Disabling label smoothing for this training run.", UserWarning, stacklevel=3)
         return None
     from hf_lightning.losses.label_smoothing import LabelSmoothingLoss
 

@@ -179,13 +179,13 @@ class TrainingArguments(transformers.TrainingArguments):
 
     def _check_names_and_lengths(self) -> None:
         """One-line errors for the mistakes HF reports with an enum traceback or not at all."""
-        from hf_lightning.optim import OPTIMIZER_NAMES, SCHEDULER_NAMES, check_name
+        from hf_lightning.optim import check_name, optimizer_names, scheduler_names
 
-        check_name("optim", str(getattr(self.optim, "value", self.optim)), OPTIMIZER_NAMES, "optimizer")
+        check_name("optim", str(getattr(self.optim, "value", self.optim)), optimizer_names(), "optimizer")
         check_name(
             "lr_scheduler_type",
             str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)),
-            SCHEDULER_NAMES,
+            scheduler_names(),
             "scheduler",
         )
         if (self.max_steps is None or self.max_steps <= 0) and self.num_train_epochs <= 0:

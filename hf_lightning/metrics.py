@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torchmetrics
-from transformers import EvalPrediction
+
+if TYPE_CHECKING:  # transformers.trainer_utils imports peft and bitsandbytes: only when metrics are computed
+    from transformers import EvalPrediction
 
 from hf_lightning.losses.base import IGNORE_INDEX
 
@@ -281,6 +283,8 @@ class PredictionCollector:
             per_rank: list[Any] = [None] * world
             dist.all_gather_object(per_rank, arrays, group=data_parallel_group())
             arrays = {name: _merge_ranks([r[name] for r in per_rank], self.concat) for name in arrays}
+        from transformers import EvalPrediction
+
         return EvalPrediction(
             predictions=arrays["preds"], label_ids=arrays["labels"], inputs=arrays["inputs"], losses=arrays["losses"]
         )

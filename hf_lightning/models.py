@@ -12,7 +12,7 @@ from typing import Any
 
 import torch.nn as nn
 import transformers
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PretrainedConfig
 
 from hf_lightning.errors import ConfigError
 from hf_lightning.tasks import task_spec
@@ -108,6 +108,8 @@ def build_model(
     kwargs = dict(model_kwargs or {})
     if isinstance(model, nn.Module):
         return model
+    import hf_lightning.multitask_model  # noqa: F401  (registers model_type hf_lightning_multitask with the Auto classes)
+
     auto_cls = getattr(transformers, task_spec(task).auto_class)
     if isinstance(model, dict):
         model = _config_from_dict(model, field)
@@ -190,6 +192,8 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 def is_pretrained(model: nn.Module) -> bool:
     """True for models that can write themselves with ``save_pretrained``."""
+    from transformers import PreTrainedModel  # modeling_utils pulls in accelerate: only when a model exists
+
     return isinstance(model, PreTrainedModel) or hasattr(model, "save_pretrained")
 
 

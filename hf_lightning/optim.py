@@ -15,14 +15,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from transformers import SchedulerType, Trainer, get_scheduler
-from transformers.training_args import OptimizerNames
 
 from hf_lightning.errors import ConfigError
 
 __all__ = [
-    "OPTIMIZER_NAMES",
-    "SCHEDULER_NAMES",
+    "optimizer_names",
+    "scheduler_names",
     "OptimName",
     "SchedulerName",
     "build_optimizer",
@@ -37,8 +35,27 @@ __all__ = [
     "set_optimizer_mode",
 ]
 
-OPTIMIZER_NAMES = tuple(o.value for o in OptimizerNames)
-SCHEDULER_NAMES = tuple(s.value for s in SchedulerType)
+
+
+def optimizer_names() -> tuple[str, ...]:
+    """transformers' own optimizer names, read on first use.
+
+    Importing ``transformers.trainer_utils`` pulls in peft, bitsandbytes and parts of torch._dynamo
+    (seconds); a command that only prints ``--help`` never needs them.
+    """
+    from transformers.training_args import OptimizerNames
+
+    return tuple(o.value for o in OptimizerNames)
+
+
+def scheduler_names() -> tuple[str, ...]:
+    """transformers' own scheduler names, read on first use (see :func:`optimizer_names`)."""
+    from transformers.trainer_utils import SchedulerType
+
+    return tuple(s.value for s in SchedulerType)
+
+
+
 
 # Literal types so that LightningCLI lists the choices in --help and rejects typos at parse time.
 OptimName = Literal[
@@ -161,7 +178,9 @@ def build_optimizer(
     ``optim_target_modules`` are the modules GaLore/Apollo project (HF's field); ``warmup_steps`` is
     passed to schedule-free optimizers, which warm up themselves, as HF does.
     """
-    check_name("optim", str(optim), OPTIMIZER_NAMES, "optimizer")
+    from transformers import Trainer
+
+    check_name("optim", str(optim), optimizer_names(), "optimizer")
     _require_package(str(optim))
     optim_args, optim_target_modules = _split_optim_args(optim_args, optim_target_modules)
     if str(optim).endswith("layerwise"):
@@ -235,7 +254,9 @@ def build_scheduler(
     lr_scheduler_kwargs: dict[str, Any] | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """``transformers.get_scheduler`` with HF's warmup resolution; stepped once per optimizer step."""
-    check_name("lr_scheduler_type", str(lr_scheduler_type), SCHEDULER_NAMES, "scheduler")
+    from transformers import get_scheduler
+
+    check_name("lr_scheduler_type", str(lr_scheduler_type), scheduler_names(), "scheduler")
     return get_scheduler(
         lr_scheduler_type,
         optimizer=optimizer,

@@ -11,6 +11,7 @@ library later creates and configures it.
 from __future__ import annotations
 
 import logging
+import warnings
 
 __all__ = ["NOISE", "install_filters"]
 
@@ -19,6 +20,8 @@ NOISE: dict[str, tuple[str, ...]] = {
     "DeepSpeed": ("Setting accelerator to CPU",),
     # bitsandbytes (pulled in by peft when installed) on a CPU without its optional kernels package.
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
+    # kernels (imported by bitsandbytes) on every offline run, about a kernel the run never loads.
+    "kernels._internals.hf_hub": ("Skipping publisher trust check",),
     "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
     "lightning.fabric.utilities.rank_zero": ("💡 Tip:",),
 }
@@ -39,3 +42,7 @@ def install_filters() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefixes) for f in logger.filters):
             logger.addFilter(_DropPrefixes(prefixes))
+    # Lightning 2.6 builds torch's deprecated LeafSpec in its own pytree helper on every fit (torch >= 2.10
+    # warns); the warning is about Lightning's code, so it is dropped only where Lightning raises it.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")

@@ -2,23 +2,25 @@
 
 Each loss is also available as a pure tensor function (``focal_loss``, ``nt_xent_loss``, ...) for
 use outside the training module.
+
+Each name is imported on first use: the distillation and multi-task losses import transformers'
+model classes (and with them accelerate), which a run that uses neither never needs.
 """
 
 from __future__ import annotations
 
-from hf_lightning.losses.base import IGNORE_INDEX, ModelLoss, count_label_items
-from hf_lightning.losses.contrastive import (
-    ContrastiveLoss,
-    PoolingName,
-    TwoViewCollator,
-    drop_words,
-    nt_xent_loss,
-    pool_hidden_states,
-)
-from hf_lightning.losses.distillation import DistillationLoss, distillation_loss
-from hf_lightning.losses.focal import AlphaSpec, FocalLoss, focal_loss
-from hf_lightning.losses.label_smoothing import LabelSmoothingLoss, label_smoothed_cross_entropy
-from hf_lightning.losses.multitask import MultiTaskLoss, UncertaintyWeightedLoss, task_loss
+import importlib
+from typing import Any
+
+_WHERE = {
+    "IGNORE_INDEX": "base", "ModelLoss": "base", "count_label_items": "base",
+    "ContrastiveLoss": "contrastive", "PoolingName": "contrastive", "TwoViewCollator": "contrastive",
+    "drop_words": "contrastive", "nt_xent_loss": "contrastive", "pool_hidden_states": "contrastive",
+    "DistillationLoss": "distillation", "distillation_loss": "distillation",
+    "AlphaSpec": "focal", "FocalLoss": "focal", "focal_loss": "focal",
+    "LabelSmoothingLoss": "label_smoothing", "label_smoothed_cross_entropy": "label_smoothing",
+    "MultiTaskLoss": "multitask", "UncertaintyWeightedLoss": "multitask", "task_loss": "multitask",
+}  # fmt: skip
 
 __all__ = [
     "IGNORE_INDEX",
@@ -41,3 +43,15 @@ __all__ = [
     "pool_hidden_states",
     "task_loss",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"hf_lightning.losses.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

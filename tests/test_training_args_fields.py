@@ -102,7 +102,7 @@ ACTS: dict[str, Case] = {
     "include_num_input_tokens_seen": Case("all", "run", part="tokens"),
     "log_level": Case("error", "log_level"),
     "log_level_replica": Case("error", "replica_log_level"),
-    "disable_tqdm": Case(False, "plan"),
+    "disable_tqdm": Case(False, "callbacks"),  # HF's ProgressCallback draws the bar (Lightning's is off)
     "report_to": Case("tensorboard", "plan"),
     "run_name": Case("walk", "plan", dict(report_to="tensorboard")),
     "eval_strategy": Case("steps", "run", dict(eval_steps=1)),
@@ -349,6 +349,10 @@ def observe_module(trainer: Any) -> Any:
 
 def observe_model(trainer: Any) -> Any:
     return _plain(trainer.model.config.to_dict())
+
+
+def observe_callbacks(trainer: Any) -> Any:
+    return [type(cb).__name__ for cb in trainer.callback_handler.callbacks]
 
 
 def observe_construct(trainer: Any) -> Any:

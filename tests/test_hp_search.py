@@ -136,6 +136,20 @@ def test_bad_search_input_is_one_line(tmp_path: Path) -> None:
         assert field in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("hidden", "extra"), [(("ray",), "ray"), (("optuna",), "optuna"), (("ray", "optuna"), "optuna")])
+def test_a_missing_backend_is_one_line_naming_the_extra(tmp_path: Path, monkeypatch, hidden, extra) -> None:
+    """Without the extra installed (its package hidden from the import system), the error names what to install."""
+    import sys
+
+    for name in hidden:
+        monkeypatch.setitem(sys.modules, name, None)  # find_spec() and import then see no such package
+    backend = None if len(hidden) == 2 else hidden[0]
+    with pytest.raises(ConfigError) as info:
+        _trainer(tmp_path).hyperparameter_search(n_trials=1, backend=backend)
+    message = str(info.value)
+    assert message.startswith("backend: ") and f'"hf-lightning[{extra}]"' in message and "\n" not in message
+
+
 def test_transformers_style_script_runs_with_the_import_changed(tmp_path: Path) -> None:
     """The hyperparameter_search example from transformers' docs, with only ``from hf_lightning import``."""
     script = f'''
@@ -182,6 +196,18 @@ def test_ray_picks_the_best_trial_and_asha_stops_the_hopeless_one(ray_local, tmp
     iterations = {t.config["learning_rate"]: t.last_result["training_iteration"] for t in best.run_summary.trials}
     assert iterations[LRS[0]] == 3 and iterations[LRS[1]] == 1, iterations
     assert best.objective == pytest.approx(plain_losses[LRS[0]], abs=1e-6), "a trial reproduces a plain train()"
+
+
+@pytest.mark.slow
+def test_ray_maximize_picks_the_trial_with_the_largest_objective(ray_local, tmp_path: Path, plain_losses) -> None:
+    from ray import tune
+
+    best = _trainer(tmp_path).hyperparameter_search(
+        hp_space=lambda _: {"learning_rate": tune.grid_search(list(LRS))}, n_trials=1, backend="ray",
+        direction="maximize", storage_path=str(tmp_path / "ray"), resources_per_trial={"cpu": 1})
+    worst = max(plain_losses, key=plain_losses.get)
+    assert best.hyperparameters == {"learning_rate": worst}
+    assert best.objective == pytest.approx(plain_losses[worst], abs=1e-6)
 
 
 @pytest.mark.slow

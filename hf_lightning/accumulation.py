@@ -80,22 +80,24 @@ def scale_gradients(parameters: Iterable[torch.nn.Parameter], factor: float) -> 
 
 @torch.no_grad()
 def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-    """``clip_grad_norm_`` that also takes a mix of sharded (``DTensor``) and whole gradients.
+    """``clip_grad_norm_`` that also takes gradients on several device meshes, or some not sharded at all.
 
     Under tensor parallelism the split projections hold ``DTensor`` gradients while layer norms and
-    embeddings hold ordinary ones; torch's foreach kernels refuse the mix. The global norm is then the
-    root of the two groups' squared norms (each ``DTensor`` norm reduced over its mesh), and every
-    gradient is scaled by the same factor as ``clip_grad_norm_`` would.
+    embeddings hold ordinary ones (under 2-D parallelism: ``DTensor``s on the 2-D mesh and on its
+    data-parallel axis); torch's foreach kernels refuse such a mix. The global norm is then the root of
+    the groups' squared norms (each ``DTensor`` norm reduced over its mesh), and every gradient is scaled
+    by the same factor as ``clip_grad_norm_`` would.
     """
     from torch.distributed.tensor import DTensor
 
     if not params:
         return torch.zeros(())
-    sharded = [p for p in params if isinstance(p.grad, DTensor)]
-    whole = [p for p in params if not isinstance(p.grad, DTensor)]
-    if not sharded or not whole:
+    groups: dict[Any, list[torch.Tensor]] = {}
+    for p in params:
+        groups.setdefault(p.grad.device_mesh if isinstance(p.grad, DTensor) else None, []).append(p.grad)
+    if len(groups) == 1:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    norms = [torch.nn.utils.get_total_norm([p.grad for p in group]) for group in (sharded, whole)]
+    norms = [torch.nn.utils.get_total_norm(grads) for grads in groups.values()]
     total = torch.stack([n.full_tensor() if isinstance(n, DTensor) else n for n in norms]).norm()
     coef = min(max_norm / (float(total) + 1e-6), 1.0)
     if coef < 1.0:

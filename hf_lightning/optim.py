@@ -216,22 +216,26 @@ def build_optimizer(
 
 
 def separate_sharded_parameters(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Put a group's sharded (``DTensor``) and whole parameters into two groups with the same settings.
+    """Split each parameter group by device mesh (whole tensors apart), keeping the group's settings.
 
-    Under tensor parallelism only the split projections are ``DTensor``s; torch's fused and foreach
-    optimizer kernels refuse a group that mixes them with ordinary tensors, while each group is stepped
-    on its own. Call on a fresh optimizer, before a scheduler records its groups. No-op without DTensors.
+    Under tensor parallelism only the split projections are ``DTensor``s (under 2-D parallelism they sit
+    on the 2-D mesh, the rest on its data-parallel axis); torch's fused and foreach optimizer kernels
+    refuse a group that mixes meshes or ``DTensor``s with ordinary tensors, while each group is stepped
+    on its own. Call on a fresh optimizer, before a scheduler records its groups. No-op for one mesh.
     """
     from torch.distributed.tensor import DTensor
 
-    if not any(isinstance(p, DTensor) for group in optimizer.param_groups for p in group["params"]):
+    def mesh(p: torch.Tensor) -> Any:
+        return p.device_mesh if isinstance(p, DTensor) else None
+
+    if len({mesh(p) for group in optimizer.param_groups for p in group["params"]}) < 2:
         return optimizer
     groups = []
     for group in optimizer.param_groups:
-        for sharded in (True, False):
-            params = [p for p in group["params"] if isinstance(p, DTensor) == sharded]
-            if params:
-                groups.append({**group, "params": params})
+        by_mesh: dict[Any, list[torch.Tensor]] = {}
+        for p in group["params"]:
+            by_mesh.setdefault(mesh(p), []).append(p)
+        groups.extend({**group, "params": params} for params in by_mesh.values())
     optimizer.param_groups = groups
     return optimizer
 

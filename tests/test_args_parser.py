@@ -57,13 +57,16 @@ _CLI = {
     "lightning_trainer_kwargs": ['{"limit_val_batches": 3}'],
     "accelerator": ["cpu"],
     "strategy": ["ddp"],
+    "tp_size": ["2"],
+    "tp_plan": ['{"model.layers.*.mlp.up_proj": "colwise"}'],
 }
 # transformers' own parser cannot read these from a command line (a dict and an accelerate object typed
 # without str); they come from JSON/YAML files or Python, which the round trip below covers for the rest.
 _NOT_ON_A_COMMAND_LINE = {"liger_kernel_config", "parallelism_config"}
 _LIGHTNING_ONLY = {"accelerator": "cpu", "devices": 2, "num_nodes": 3, "strategy": "ddp",
                    "lightning_trainer_kwargs": {"limit_val_batches": 3}, "stop_on_nonfinite_loss": 3,
-                   "evaluation_strategy": "epoch", "warmup_ratio": 0.1, "overwrite_output_dir": True}
+                   "evaluation_strategy": "epoch", "warmup_ratio": 0.1, "overwrite_output_dir": True,
+                   "tp_size": 2, "tp_plan": {"model.layers.*.mlp.up_proj": "colwise"}}
 # transformers' own class cannot be built with these outside a launched process group (it would set up
 # torch.distributed itself), or without deepspeed installed (ours hands the JSON to Lightning's
 # strategy); these are compared with the value given.

@@ -183,11 +183,28 @@ def build_task_model(
     return built
 
 
-def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """The HF model's own (non-reentrant) gradient checkpointing; refused for models without it."""
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise ConfigError("gradient_checkpointing", f"{type(model).__name__} does not support it", "set it to false")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+def enable_gradient_checkpointing(
+    model: nn.Module, kwargs: dict[str, Any] | None = None, field: str = "gradient_checkpointing"
+) -> None:
+    """The HF model's own activation (gradient) checkpointing, set up as ``transformers.Trainer`` does.
+
+    ``every_n_layers`` and ``offload`` are read out of ``kwargs`` (transformers 5's
+    ``activation_checkpointing_kwargs``), the rest go to ``torch.utils.checkpoint``: non-reentrant unless
+    asked, which also works with frozen embeddings such as a LoRA model's. Refused, naming ``field``,
+    for models without it.
+    """
+    if getattr(model, "supports_gradient_checkpointing", None) is False or not hasattr(
+        model, "gradient_checkpointing_enable"
+    ):
+        raise ConfigError(field, f"{type(model).__name__} does not support it", "set it to false")
+    kwargs = dict(kwargs or {})
+    every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+    kwargs.setdefault("use_reentrant", False)
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers,
+                                              offload=offload)
+    else:  # models outside PreTrainedModel that only define the older method (as transformers falls back)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def is_pretrained(model: nn.Module) -> bool:

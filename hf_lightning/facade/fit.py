@@ -23,6 +23,7 @@ from hf_lightning.facade import checkpoints, hf_resume, loaders
 from hf_lightning.facade.module import TrainerModule
 from hf_lightning.log import get_logger
 from hf_lightning.loggers import TrackerExtras, run_hyperparameters
+from hf_lightning.models import enable_gradient_checkpointing
 from hf_lightning.run_lock import RunLockCallback
 
 __all__ = ["build_module", "check_eval_setup", "train"]
@@ -132,23 +133,9 @@ def build_module(trainer: Any) -> TrainerModule:
         stop_on_nonfinite_loss=args.stop_on_nonfinite_loss,
     )
     if args.activation_checkpointing:  # transformers 5's name; gradient_checkpointing is its mirrored alias
-        enable_activation_checkpointing(trainer.model, args.activation_checkpointing_kwargs)
+        enable_gradient_checkpointing(trainer.model, args.activation_checkpointing_kwargs, "activation_checkpointing")
     module.hf_logging = True
     return module
-
-
-def enable_activation_checkpointing(model: Any, kwargs: dict[str, Any] | None) -> None:
-    """transformers' ``activation_checkpointing`` set-up: ``every_n_layers`` and ``offload`` are read out of
-    the kwargs, the rest go to ``torch.utils.checkpoint`` (non-reentrant unless asked, which also works
-    with frozen embeddings such as a LoRA model's)."""
-    kwargs = dict(kwargs or {})
-    every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
-    kwargs.setdefault("use_reentrant", False)
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers,
-                                              offload=offload)
-    else:  # models outside PreTrainedModel that only define the older method
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _compile_settings(args: Any) -> bool | dict[str, str]:

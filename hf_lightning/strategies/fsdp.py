@@ -150,10 +150,9 @@ def fully_shard_hf_model(
         return model
     mesh = _data_parallel_mesh(mesh)
     if activation_checkpointing:
-        if not hasattr(model, "gradient_checkpointing_enable"):
-            raise ConfigError("fsdp_config.activation_checkpointing", f"{type(model).__name__} has no "
-                              "gradient_checkpointing_enable", "use a transformers PreTrainedModel or drop the option")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from hf_lightning.models import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model, field="fsdp_config.activation_checkpointing")
     classes = _layer_classes(model, layer_cls_names) if wrap_policy == "TRANSFORMER_BASED_WRAP" else set()
     on_cpu = mesh.device_type == "cpu" if mesh is not None else not torch.cuda.is_available()
     kwargs: dict[str, Any] = {"reshard_after_forward": reshard_after_forward}

@@ -243,3 +243,38 @@ def test_resuming_a_finished_run_begins_and_ends_as_hf(runs, cls_dataset, demo_t
         assert trainer.state.global_step == 20 and timer.steps_run == 0
         events[name] = timer.events
     assert events["ours"] == events["hf"] == ["on_train_begin", "on_log", "on_train_end"]
+
+
+def test_rng_files_per_rank_round_trip_in_hfs_layout(tmp_path) -> None:
+    """Several processes: one rng_state_<rank>.pth each, in the layout transformers' _load_rng_state reads."""
+    import random
+
+    import numpy as np
+
+    from hf_lightning.checkpoint_interop import _write_hf_files, hf_rng_to_plain, read_hf_rng
+    from hf_lightning.rng import capture_rng_state
+
+    ranks = []
+    for seed in (1, 2):
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        ranks.append({"rng": capture_rng_state(), "window": None, "grads": None})
+    _write_hf_files({"hf_lightning_exact_resume": {"ranks": ranks}}, tmp_path, None)
+    for rank, local in enumerate(ranks):
+        hf = read_hf_rng(tmp_path / f"rng_state_{rank}.pth")
+        assert set(hf) >= {"python", "numpy", "cpu"} and isinstance(hf["numpy"][1], np.ndarray)
+        assert hf_rng_to_plain(hf) == local["rng"]
+    assert not (tmp_path / "rng_state.pth").exists()
+
+
+def test_rebuilt_loop_state_is_what_lightning_saves(runs) -> None:
+    """The loop state built for a transformers checkpoint equals the one Lightning wrote at the same step."""
+    import lightning.pytorch as pl
+
+    from hf_lightning.lightning_compat import loop_state_after_step
+
+    template = pl.Trainer(max_steps=20, logger=False, enable_checkpointing=False).fit_loop.state_dict()
+    for step, epoch, batches, last in ((15, 1, 5, False), (10, 0, 10, True), (5, 0, 5, False)):
+        saved = torch.load(runs["root"] / "ours" / f"checkpoint-{step}" / "lightning.ckpt", weights_only=True)
+        built = loop_state_after_step(template, epoch=epoch, batches_in_epoch=batches, batches_before=epoch * 10,
+                                      steps=step, steps_before_epoch=epoch * 10, last_batch=last)
+        assert built == saved["loops"]["fit_loop"], step

@@ -50,7 +50,7 @@ class Seq2SeqTrainer(Trainer):
         self._gen_kwargs = gen_kwargs
 
     def evaluate(
-        self, eval_dataset: Dataset | dict[str, Dataset] | None = None, ignore_keys: list[str] | None = None,
+        self, eval_dataset: str | Dataset | dict[str, Dataset] | None = None, ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval", **gen_kwargs: Any,
     ) -> dict[str, float]:
         """``Trainer.evaluate``; ``gen_kwargs`` (``max_length``, ``num_beams``, ...) go to ``generate``.

@@ -264,9 +264,10 @@ class Trainer(HyperparameterSearchMixin):
 
     # ================================================================ evaluate / predict
     def evaluate(
-        self, eval_dataset: Dataset | dict[str, Dataset] | None = None, ignore_keys: list[str] | None = None,
+        self, eval_dataset: str | Dataset | dict[str, Dataset] | None = None, ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> dict[str, float]:
+        """HF's ``evaluate``: a dataset, the name of one in a dict ``eval_dataset``, a dict of them, or None."""
         return eval_loop.evaluate(self, eval_dataset, ignore_keys, metric_key_prefix)
 
     def evaluation_loop(

@@ -41,7 +41,8 @@ EXPECTED = {"train_results.json", "eval_results.json", "all_results.json", "trai
             "config.json", "model.safetensors", "training_args.bin", "tokenizer.json", "tokenizer_config.json"}
 
 
-def _run(tmp_path: Path, script: str, backend: str, argv: list[str]) -> Path:
+def _start(tmp_path: Path, script: str, backend: str, argv: list[str]) -> tuple[subprocess.Popen, Path]:
+    """Start ``script`` as written (transformers) or with its one import line changed (hf_lightning)."""
     source = (EXAMPLES / script).read_text()
     line = IMPORT_LINES[script]
     assert source.count(line) == 1
@@ -51,17 +52,31 @@ def _run(tmp_path: Path, script: str, backend: str, argv: list[str]) -> Path:
     path.write_text(source)
     out = tmp_path / f"out_{backend}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, str(path), *argv, "--output_dir", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out
+           "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / f"cache_{backend}")}
+    with (tmp_path / f"{backend}.log").open("w") as log:  # the child keeps its own handle
+        process = subprocess.Popen([sys.executable, str(path), *argv, "--output_dir", str(out)], cwd=tmp_path,
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, out
+
+
+def _run_both(tmp_path: Path, script: str, argv: list[str]) -> dict[str, Path]:
+    """Both runs at once (each is mostly start-up on one thread), each with its own datasets cache."""
+    started = {backend: _start(tmp_path, script, backend, argv) for backend in ("transformers", "hf_lightning")}
+    try:
+        codes = {backend: process.wait(timeout=600) for backend, (process, _) in started.items()}
+    finally:
+        for process, _ in started.values():
+            if process.poll() is None:  # a timeout: leave no process behind
+                process.kill()
+    for backend, code in codes.items():
+        assert code == 0, (backend, (tmp_path / f"{backend}.log").read_text()[-6000:])
+    return {backend: out for backend, (_, out) in started.items()}
 
 
 def _compare(tmp_path: Path, script: str, argv: list[str], tolerance: float,
              loss_scale: float = 1.0) -> dict[str, dict]:
     """Run ``script`` under both trainers; ``loss_scale`` is the known ratio of our losses to theirs."""
-    outs = {backend: _run(tmp_path, script, backend, argv) for backend in ("transformers", "hf_lightning")}
+    outs = _run_both(tmp_path, script, argv)
     files = {backend: {p.name for p in out.iterdir() if p.is_file()} for backend, out in outs.items()}
     assert EXPECTED <= files["transformers"], files["transformers"]
     assert EXPECTED <= files["hf_lightning"], files["hf_lightning"] - files["transformers"]

@@ -30,7 +30,8 @@ logger = get_logger(__name__)
 
 
 def evaluate(
-    trainer: Any, eval_dataset: Dataset | dict[str, Dataset] | None, ignore_keys: list[str] | None, metric_key_prefix: str
+    trainer: Any, eval_dataset: str | Dataset | dict[str, Dataset] | None, ignore_keys: list[str] | None,
+    metric_key_prefix: str,
 ) -> dict[str, float]:
     """HF's ``evaluate``: the loop, speed metrics, ``log`` and ``on_evaluate``; a dict of datasets runs each."""
     if isinstance(eval_dataset, dict):

@@ -20,7 +20,9 @@ into the same folder (those of a process that is still alive are left alone).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,38 @@ class SafeLoadCheckpointIO(TorchCheckpointIO):
     that makes resuming from a downloaded or shared checkpoint safe.
     """
 
+    _in_place = False
+
+    @contextlib.contextmanager
+    def writing_in_place(self) -> Iterator[None]:
+        """Within: local saves are ``torch.save`` straight into the file (for callers whose folder is atomic).
+
+        Lightning's save serialises the whole checkpoint into memory and then writes those bytes, which
+        makes the single file atomic at the cost of a second copy of every tensor, in memory and in time.
+        A ``checkpoint-N`` folder is written inside ``checkpoint_io.atomic_directory`` and appears only
+        once complete, so there that copy is waste (``bench/checkpoint_cost.py`` measures the saves).
+        """
+        self._in_place = True
+        try:
+            yield
+        finally:
+            self._in_place = False
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if self._in_place and storage_options is None and _is_local_file_protocol(path):
+            import torch
+
+            with open(path, "wb") as handle:
+                writer = _Writer(handle)
+                try:
+                    torch.save(checkpoint, writer)
+                except RuntimeError as err:  # torch reports a failed write as its own error: give back the OSError
+                    if writer.failure is not None:
+                        raise writer.failure from err
+                    raise
+            return
+        super().save_checkpoint(checkpoint, path, storage_options)
+
     def load_checkpoint(self, path: _PATH, map_location: Any | None = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:
         """Load with ``weights_only=True`` and the project's types allowed; refuse pickle payloads in one line."""
@@ -50,6 +84,24 @@ class SafeLoadCheckpointIO(TorchCheckpointIO):
                 raise FileNotFoundError(f"Checkpoint file not found: {path}")
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return safe_torch_load(path, field="ckpt_path", map_location=map_location)
+
+
+class _Writer:
+    """A binary file for ``torch.save`` that remembers the ``OSError`` of a failed write (disk full, file
+    size limit), which torch would otherwise turn into a ``RuntimeError`` without the reason."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.failure = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.failure = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def use_safe_loading(trainer: Any, checkpoint_io: SafeLoadCheckpointIO | None = None) -> SafeLoadCheckpointIO | None:

@@ -145,3 +145,16 @@ def test_corrupt_and_non_dict_checkpoints_are_one_line(tmp_path: Path) -> None:
     torch.save([1, 2], tmp_path / "list.ckpt")
     with pytest.raises(ConfigError, match="not a checkpoint dictionary"):
         read_checkpoint_header(tmp_path / "list.ckpt")
+
+
+def test_writing_in_place_saves_a_loadable_file_only_within_the_block(tmp_path: Path) -> None:
+    """checkpoint-N folders are atomic as a whole, so their lightning.ckpt skips Lightning's in-memory copy."""
+    from hf_lightning.checkpoint_io_plugin import SafeLoadCheckpointIO
+
+    io = SafeLoadCheckpointIO()
+    with pytest.raises(RuntimeError, match="interrupted"), io.writing_in_place():
+        io.save_checkpoint({"w": torch.arange(3.0)}, tmp_path / "a.ckpt")
+        assert io._in_place
+        raise RuntimeError("interrupted")
+    assert not io._in_place  # back to Lightning's own write after the block, also after an error
+    assert torch.equal(io.load_checkpoint(tmp_path / "a.ckpt")["w"], torch.arange(3.0))

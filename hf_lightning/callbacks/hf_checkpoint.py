@@ -22,6 +22,7 @@ import torch
 
 from hf_lightning.checkpoint_interop import InteropCheckpointIO
 from hf_lightning.checkpoint_io import atomic_directory, rotate_checkpoints
+from hf_lightning.checkpoint_io_plugin import SafeLoadCheckpointIO
 
 __all__ = ["LIGHTNING_CKPT", "TRAINER_STATE", "save_hf_checkpoint"]
 
@@ -50,7 +51,9 @@ def save_hf_checkpoint(
         if not save_only_model:
             io = trainer.strategy.checkpoint_io
             split = io.hf_folder(_model_prefix(module)) if isinstance(io, InteropCheckpointIO) else contextlib.nullcontext()
-            with split:
+            # the folder is atomic: no in-memory copy for the single file's sake
+            in_place = io.writing_in_place() if isinstance(io, SafeLoadCheckpointIO) else contextlib.nullcontext()
+            with split, in_place:
                 trainer.save_checkpoint(tmp / LIGHTNING_CKPT)
         module.save_hf_pretrained(tmp, processing_class=processing_class)
         if rank_zero:

@@ -1,11 +1,13 @@
 """Training throughput and peak memory: hf_lightning against a raw PyTorch loop and transformers.Trainer.
 
-Every runner trains the same randomly initialised GPT-2 on the same synthetic, unpadded token rows
+Every runner trains the same randomly initialised model (GPT-2, or a 2-layer BERT classifier with
+``--preset bert``) on the same synthetic, unpadded token rows
 (AdamW, linear schedule, clipping at 1.0, no evaluation, no checkpoints), so the only difference is
 the training engine. Each runner runs in its own process (clean peak-memory counters, no shared
 caches) and times the optimizer steps after a warm-up, with the GPU synchronised at both ends.
 
     python bench/throughput.py                      # tiny CPU settings, all runners, markdown table
+    python bench/throughput.py --preset bert        # 2-layer BERT (hidden 128, seq 64, batch 16) on CPU
     python bench/throughput.py --preset gpu         # GPT-2 small, bf16, on one CUDA device
     python bench/throughput.py --runner raw --json  # one runner in this process (what the table calls)
 
@@ -25,9 +27,18 @@ from pathlib import Path
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": dict(layers=2, hidden=64, heads=2, seq=64, batch=8, steps=30, warmup=5, precision="32", vocab=1000),
-    "gpu": dict(layers=12, hidden=768, heads=12, seq=512, batch=16, steps=40, warmup=10, precision="bf16",
-                vocab=50257),
+    "cpu": dict(model="gpt2", layers=2, hidden=64, heads=2, seq=64, batch=8, steps=30, warmup=5, precision="32",
+                vocab=1000),
+    # A realistic small encoder (the quickstart's size): per-step host overhead against real compute.
+    "bert": dict(model="bert", layers=2, hidden=128, heads=4, seq=64, batch=16, steps=40, warmup=5,
+                 precision="32", vocab=8000),
+    "gpu": dict(model="gpt2", layers=12, hidden=768, heads=12, seq=512, batch=16, steps=40, warmup=10,
+                precision="bf16", vocab=50257),
+    # Only for tests of the harness: a few steps of minute models.
+    "smoke": dict(model="gpt2", layers=1, hidden=16, heads=2, seq=16, batch=4, steps=3, warmup=1, precision="32",
+                  vocab=100),
+    "smoke-bert": dict(model="bert", layers=1, hidden=16, heads=2, seq=16, batch=4, steps=3, warmup=1,
+                       precision="32", vocab=100),
 }
 RUNNERS = ("raw", "transformers", "hf_lightning", "hf_lightning-native")
 STRATEGY_RUNNERS = ("hf_lightning-fsdp", "hf_lightning-deepspeed")
@@ -39,6 +50,11 @@ def _model(cfg: dict[str, Any]):
     import transformers
 
     torch.manual_seed(0)
+    if cfg["model"] == "bert":
+        config = transformers.BertConfig(num_hidden_layers=cfg["layers"], hidden_size=cfg["hidden"],
+                                         num_attention_heads=cfg["heads"], intermediate_size=2 * cfg["hidden"],
+                                         max_position_embeddings=cfg["seq"], vocab_size=cfg["vocab"], num_labels=2)
+        return transformers.BertForSequenceClassification(config)
     config = transformers.GPT2Config(n_layer=cfg["layers"], n_embd=cfg["hidden"], n_head=cfg["heads"],
                                      n_positions=cfg["seq"], vocab_size=cfg["vocab"])
     return transformers.GPT2LMHeadModel(config)
@@ -52,7 +68,8 @@ def _rows(cfg: dict[str, Any]):
     generator = torch.Generator().manual_seed(0)
     count = (cfg["steps"] + cfg["warmup"]) * cfg["batch"]
     ids = torch.randint(0, cfg["vocab"], (count, cfg["seq"]), generator=generator)
-    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()}).with_format("torch")
+    labels = torch.randint(0, 2, (count,), generator=generator) if cfg["model"] == "bert" else ids
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()}).with_format("torch")
 
 
 class StepClock:
@@ -145,7 +162,8 @@ def run_hf_lightning_native(cfg: dict[str, Any], clock: StepClock, out: str) -> 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.tick()
 
-    module = HFLightningModule(model=_model(cfg), task="causal-lm", learning_rate=1e-4, optim="adamw_torch")
+    task = "sequence-classification" if cfg["model"] == "bert" else "causal-lm"
+    module = HFLightningModule(model=_model(cfg), task=task, learning_rate=1e-4, optim="adamw_torch")
     loader = build_dataloader(_rows(cfg), cfg["batch"], None, train=True, shuffle=False)
     trainer = pl.Trainer(accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=1,
                          precision="bf16-mixed" if cfg["precision"] == "bf16" else "32-true",
@@ -191,17 +209,49 @@ def run(runner: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- table
-def _subprocess(runner: str, preset: str, repeat: int) -> list[dict[str, Any]]:
-    results = []
+def _subprocess(runner: str, preset: str) -> dict[str, Any]:
+    """One runner in a fresh process: its JSON row, or ``{"runner", "error"}``."""
+    cmd = [sys.executable, __file__, "--runner", runner, "--preset", preset, "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"runner": runner, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
+    return json.loads(lines[-1])
+
+
+def interleaved(runners: list[str], preset: str, repeat: int, in_process: bool = False) -> list[dict[str, Any]]:
+    """Run every runner ``repeat`` times round-robin (raw, transformers, ..., raw, ...) and keep medians.
+
+    Interleaving spreads a load change on a shared machine over all runners instead of one; the
+    median of each runner's repeats then drops the outliers. ``in_process`` runs them all in this
+    process (libraries imported once: far quicker on a loaded machine; peak memory is then shared).
+    """
+    runs: dict[str, list[dict[str, Any]]] = {runner: [] for runner in runners}
     for _ in range(repeat):
-        cmd = [sys.executable, __file__, "--runner", runner, "--preset", preset, "--json"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            results.append({"runner": runner, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]})
-            break
-        results.append(json.loads(lines[-1]))
-    return results
+        for runner in runners:
+            if runs[runner] and "error" in runs[runner][-1]:
+                continue  # failed once: it will fail again
+            runs[runner].append(_in_process(runner, preset) if in_process else _subprocess(runner, preset))
+            print(json.dumps(runs[runner][-1]), file=sys.stderr, flush=True)
+    rows = []
+    for runner in runners:
+        good = [r for r in runs[runner] if "error" not in r]
+        if not good:
+            rows.append(runs[runner][-1])
+            continue
+        best = dict(good[0])
+        for key in ("tokens_per_s", "step_ms", "peak_mib", "wall_s"):
+            best[key] = _median([r[key] for r in good])
+        best["repeats"] = len(good)
+        rows.append(best)
+    return rows
+
+
+def _in_process(runner: str, preset: str) -> dict[str, Any]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        return {**run(runner, PRESETS[preset], out), "preset": preset}
 
 
 def _median(values: list[float]) -> float:
@@ -231,9 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--runner", help="run one runner in this process")
     parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated runners for the table")
-    parser.add_argument("--repeat", type=int, default=3, help="processes per runner; the median is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="processes per runner, run round-robin; the median is reported")
     parser.add_argument("--json", action="store_true", help="print one JSON line (with --runner)")
     parser.add_argument("--output", help="also write the rows as JSON here")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the runners in this process, still round-robin (libraries imported once: "
+                             "step times only, peak memory is shared)")
     args = parser.parse_args(argv)
     cfg = PRESETS[args.preset]
     if args.runner:
@@ -243,19 +296,7 @@ def main(argv: list[str] | None = None) -> None:
             result = {**run(args.runner, cfg, out), "preset": args.preset}
         print(json.dumps(result) if args.json else result)
         return
-    rows = []
-    for runner in args.runners.split(","):
-        runs = _subprocess(runner, args.preset, args.repeat)
-        good = [r for r in runs if "error" not in r]
-        if not good:
-            rows.append(runs[-1])
-            continue
-        best = dict(good[0])
-        for key in ("tokens_per_s", "step_ms", "peak_mib", "wall_s"):
-            best[key] = _median([r[key] for r in good])
-        best["repeats"] = len(good)
-        rows.append(best)
-        print(json.dumps(best), file=sys.stderr, flush=True)
+    rows = interleaved(args.runners.split(","), args.preset, args.repeat, in_process=args.in_process)
     print(f"preset {args.preset}: {json.dumps(cfg)}")
     print(table(rows))
     if args.output:

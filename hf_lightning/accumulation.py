@@ -70,12 +70,24 @@ def all_reduce_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
 
 @torch.no_grad()
 def scale_gradients(parameters: Iterable[torch.nn.Parameter], factor: float) -> None:
-    """Multiply each parameter's gradient once (tied weights appear once in ``module.parameters()``)."""
+    """Multiply each parameter's gradient once (tied weights appear once in ``module.parameters()``).
+
+    Runs on every optimizer step: plain dense gradients are scaled with one ``_foreach_mul_`` per
+    device and dtype (what ``clip_grad_norm_`` does) instead of a kernel launch per parameter.
+    """
     if factor == 1.0:
         return
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for p in parameters:
-        if p.grad is not None:
-            p.grad.mul_(factor)
+        grad = p.grad
+        if grad is None:
+            continue
+        if type(grad) is torch.Tensor and not grad.is_sparse:
+            groups.setdefault((grad.device, grad.dtype), []).append(grad)
+        else:  # sharded (DTensor) or sparse gradients: one at a time
+            grad.mul_(factor)
+    for grads in groups.values():
+        torch._foreach_mul_(grads, factor)
 
 
 @torch.no_grad()

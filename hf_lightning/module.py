@@ -338,10 +338,13 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
             logs["grad_norm"] = step.grad_norm
         self.last_train_log = logs
         self._track_nonfinite(step.loss)
-        finite = {k: v for k, v in logs.items() if math.isfinite(v)}
         # self.log costs about a millisecond per value on the host; write only on the steps Lightning
-        # passes to its loggers (log_every_n_steps). The facade logs through HF's on_log instead.
-        if not self.hf_logging and logs_this_step(self.trainer):
+        # passes to its loggers (log_every_n_steps), the progress bar's loss included. The facade logs
+        # through HF's on_log instead.
+        if not logs_this_step(self.trainer):
+            return
+        finite = {k: v for k, v in logs.items() if math.isfinite(v)}
+        if not self.hf_logging:
             self.log_dict(finite, prog_bar=False, on_step=True, on_epoch=False, batch_size=1)
         if "loss" in finite and self.trainer.progress_bar_callback is not None:
             self.log("train_loss", finite["loss"], prog_bar=True, logger=False, on_step=True, batch_size=1)

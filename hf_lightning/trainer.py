@@ -104,6 +104,7 @@ class Trainer(HyperparameterSearchMixin):
         self.accelerator = AccelerateShim(self)
         self.control = TrainerControl()
         self.current_flos = 0.0
+        self._parameter_counts: dict[int, int] = {}  # per model, for floating_point_ops; emptied by train()
         hf_callbacks, self.lightning_callbacks = setup.split_callbacks(callbacks)
         self.callback_handler = CallbackHandler(
             [DefaultFlowCallback, *hf_callbacks], self.model, self.processing_class, self.optimizer, self.lr_scheduler
@@ -293,7 +294,7 @@ class Trainer(HyperparameterSearchMixin):
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> float:
         """FLOPs of one forward+backward on ``inputs`` (6 x tokens x non-embedding parameters); override to refine."""
-        return reporting.floating_point_ops(self.model, inputs)
+        return reporting.floating_point_ops(self.model, inputs, self._parameter_counts)
 
     def store_flos(self) -> None:
         """Move the FLOPs counted since the last call into ``state.total_flos`` (summed over ranks)."""

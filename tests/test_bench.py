@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,16 +29,23 @@ def test_table_ratios_come_from_the_same_rows() -> None:
     assert "failed: CUDA required" in lines[5]
 
 
-@pytest.mark.slow
-def test_every_cpu_runner_trains_and_is_timed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["smoke", "smoke-bert"])
+def test_every_cpu_runner_trains_and_is_timed(tmp_path: Path, preset: str, capsys: pytest.CaptureFixture) -> None:
+    """Every runner of both model families, a few steps of a minute model, in this process.
+
+    The figures run each runner in its own process; here the libraries are imported once for all
+    runners, which keeps the check to seconds.
+    """
+    bench = _bench_module()
     out = tmp_path / "rows.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--repeat", "1", "--output", str(out)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-2000:]
+    bench.main(["--preset", preset, "--in-process", "--repeat", "1", "--output", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert [r["runner"] for r in rows] == ["raw", "transformers", "hf_lightning", "hf_lightning-native"]
     assert all("error" not in r and r["tokens_per_s"] > 0 and r["peak_mib"] > 0 for r in rows), rows
-    assert "| hf_lightning-native |" in run.stdout
+    assert "| hf_lightning-native |" in capsys.readouterr().out
+    bench.main(["--runner", "raw", "--preset", preset, "--json"])  # what each figure's own process runs
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["runner"] == "raw" and row["preset"] == preset and row["step_ms"] > 0
 
 
 def test_ray_vs_ddp_summary_separates_startup_from_steps() -> None:

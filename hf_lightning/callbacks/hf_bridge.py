@@ -57,6 +57,16 @@ def update_best_metric(args: Any, state: TrainerState, metrics: dict[str, float]
     return True
 
 
+# Events fired on every step or micro-batch; skipped when no callback overrides them.
+_PER_STEP_EVENTS = frozenset({"on_step_begin", "on_pre_optimizer_step", "on_optimizer_step", "on_substep_end"})
+
+
+def _any_overrides(callbacks: list[Any], name: str) -> bool:
+    """True if some callback defines ``name`` differently from ``TrainerCallback``'s no-op."""
+    base = getattr(TrainerCallback, name)
+    return any(getattr(type(cb), name, base) is not base or name in vars(cb) for cb in callbacks)
+
+
 class BridgeHost(Protocol):
     """What the bridge needs from whoever owns the HF state."""
 
@@ -99,7 +109,14 @@ class HFCallbackBridge(pl.Callback):
     # ---------------------------------------------------------------- helpers
     def _event(self, name: str, **kwargs: Any) -> None:
         host = self.host
-        host.control = getattr(host.callback_handler, name)(host.args, host.state, host.control, **kwargs)
+        handler = host.callback_handler
+        if name in _PER_STEP_EVENTS and not _any_overrides(handler.callbacks, name):
+            # Nothing listens: skip HF's dispatch (a call per callback with nine keyword arguments),
+            # keeping what the handler itself does before dispatching (on_step_begin clears flags).
+            if name == "on_step_begin":
+                host.control.should_log = host.control.should_evaluate = host.control.should_save = False
+            return
+        host.control = getattr(handler, name)(host.args, host.state, host.control, **kwargs)
 
     def _refs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         handler = self.host.callback_handler

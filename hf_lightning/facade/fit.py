@@ -59,6 +59,7 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     trainer.state = TrainerState(stateful_callbacks=checkpoints.stateful_callbacks(trainer),
                                  train_batch_size=args.per_device_train_batch_size)
     trainer.current_flos = 0.0
+    trainer._parameter_counts = {}  # the model may have changed since the last train() (adapters, resizing)
     if resume_dir is not None and (Path(resume_dir) / checkpoints.TRAINER_STATE).is_file():
         trainer.state = TrainerState.load_from_json(str(Path(resume_dir) / checkpoints.TRAINER_STATE))
         compare_trainer_and_checkpoint_args(args, trainer.state)  # HF's warning for changed batch size, steps

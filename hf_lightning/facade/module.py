@@ -21,6 +21,7 @@ scaling and DDP intact):
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -35,7 +36,20 @@ __all__ = ["TrainerModule", "accepts_parameter"]
 
 
 def accepts_parameter(fn: Any, name: str) -> bool:
-    """True if ``fn`` takes ``name`` (or ``**kwargs``): old HF overrides lack ``num_items_in_batch``."""
+    """True if ``fn`` takes ``name`` (or ``**kwargs``): old HF overrides lack ``num_items_in_batch``.
+
+    Asked on every training step; ``inspect.signature`` costs tens of microseconds, so the answer is
+    kept per underlying function (a bound method is a new object on every attribute access).
+    """
+    target = getattr(fn, "__func__", fn)
+    try:
+        return _accepts(target, name)
+    except TypeError:  # unhashable callable: answer without the cache
+        return _accepts.__wrapped__(target, name)
+
+
+@functools.lru_cache(maxsize=512)
+def _accepts(fn: Any, name: str) -> bool:
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):

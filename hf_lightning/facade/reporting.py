@@ -28,16 +28,22 @@ def log(trainer: Any, logs: dict[str, float]) -> None:
     trainer.control = trainer.callback_handler.on_log(trainer.args, state, trainer.control, logs)
 
 
-def floating_point_ops(model: Any, inputs: dict[str, Any]) -> float:
+def floating_point_ops(model: Any, inputs: dict[str, Any], counts: dict[int, int] | None = None) -> float:
     """FLOPs of one forward+backward on ``inputs``: 6 x input tokens x non-embedding parameters.
 
     The usual transformer estimate, as HF reports it in ``total_flos``; 0 for models that are not
-    ``PreTrainedModel``s or batches without the model's main input.
+    ``PreTrainedModel``s or batches without the model's main input. Counting the parameters walks
+    every module, so it is done once per model and kept in ``counts`` (the caller empties it when
+    the model may have changed: at each ``train()``).
     """
     main_input = getattr(model, "main_input_name", "input_ids")
     if main_input not in inputs or not hasattr(model, "num_parameters"):
         return 0.0
-    return 6.0 * inputs[main_input].numel() * model.num_parameters(exclude_embeddings=True)
+    if counts is None:
+        return 6.0 * inputs[main_input].numel() * model.num_parameters(exclude_embeddings=True)
+    if id(model) not in counts:
+        counts[id(model)] = model.num_parameters(exclude_embeddings=True)
+    return 6.0 * inputs[main_input].numel() * counts[id(model)]
 
 
 def store_flos(trainer: Any) -> None:

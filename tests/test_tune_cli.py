@@ -291,3 +291,37 @@ def test_pbt_sweep_clones_a_better_trial_and_trains_on(ray_local, tmp_path: Path
         assert later and later[0]["epoch"] >= starts[0]["epoch"], "the clone trained on after the restore"
     rows_csv = _rows(run_dir)
     assert len(rows_csv) == 2 and all(r["status"] != "ERROR" for r in rows_csv), rows_csv
+
+
+class RecordStartLr(pl.Callback):
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
+        self.weight_decays = [g["weight_decay"] for g in trainer.optimizers[0].param_groups]
+        self.base_lrs = list(trainer.lr_scheduler_configs[0].scheduler.base_lrs)
+
+
+def test_a_restored_fit_trains_with_its_own_learning_rate_and_weight_decay(tmp_path: Path, demo_assets) -> None:
+    """What a PBT clone does, without Ray: fit from another run's checkpoint with other values. The optimizer
+    state comes from the checkpoint; ``ApplyTrialHyperparameters`` puts the fit's own lr (schedule kept)
+    and weight decay back. Without it the donor's lr and weight decay train on (checked: this test then
+    sees the donor's values)."""
+    from hf_lightning.tune.explore import ApplyTrialHyperparameters
+    from hf_lightning.tune.ray import apply_dotted, build_cli
+
+    config = yaml.safe_load(_sweep_config(tmp_path, {}, max_epochs=1, num_sanity_val_steps=0).read_text())
+    config.pop("tune")
+    config["model"].update(warmup_steps=2, weight_decay=0.1)  # linear schedule with warm-up: lr moves per step
+    donor = build_cli(config, run_dir=str(tmp_path / "donor"))
+    donor.trainer.fit(donor.model, datamodule=donor.datamodule)
+    ckpt = tmp_path / "donor.ckpt"
+    donor.trainer.save_checkpoint(ckpt)
+    donor_lrs = [g["lr"] for g in donor.trainer.optimizers[0].param_groups]
+
+    clone = build_cli(apply_dotted(config, {"model.learning_rate": GOOD_LR * 0.5, "model.weight_decay": 0.2,
+                                            "trainer.max_epochs": 2}), run_dir=str(tmp_path / "clone"))
+    record = RecordStartLr()
+    clone.trainer.callbacks[:0] = [ApplyTrialHyperparameters(), record]
+    clone.trainer.fit(clone.model, datamodule=clone.datamodule, ckpt_path=str(ckpt))
+    assert record.lrs == pytest.approx([lr * 0.5 for lr in donor_lrs], rel=1e-9) and donor_lrs[0] != GOOD_LR
+    assert record.base_lrs == pytest.approx([GOOD_LR * 0.5] * len(record.base_lrs), rel=1e-9)
+    assert sorted(set(record.weight_decays)) == [0.0, 0.2], "the decayed groups take 0.2, no-decay ones stay at 0"

@@ -502,3 +502,26 @@ def test_observers_are_deterministic(observer: str, tmp_path: Path, walk_data, d
     second = _observe(case, {}, tmp_path / "b", walk_data, demo_tokenizer)
     assert first == second
     assert first[0] != "raised" if isinstance(first, list) and first else True, first
+
+
+# ------------------------------------------------------------------ the Trainer's own optimizer arguments
+def test_optimizers_and_optimizer_cls_and_kwargs_act(tmp_path: Path, walk_data, demo_tokenizer) -> None:
+    """``Trainer(optimizers=(opt, sched))`` trains with those objects; ``optimizer_cls_and_kwargs`` builds its class."""
+    model = tiny_bert_classifier(len(demo_tokenizer))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    args = hf_lightning.TrainingArguments(**{**BASE, "output_dir": str(tmp_path / "given")})
+    trainer = hf_lightning.Trainer(model=model, args=args, train_dataset=walk_data[0], optimizers=(opt, sched),
+                                   processing_class=demo_tokenizer)
+    trainer.train()
+    assert trainer.optimizer is opt and trainer.lr_scheduler is sched
+    assert [e["learning_rate"] for e in trainer.state.log_history if "loss" in e] == [0.1, 0.05, 0.025]
+
+    args = hf_lightning.TrainingArguments(**{**BASE, "output_dir": str(tmp_path / "cls")})
+    trainer = hf_lightning.Trainer(model=tiny_bert_classifier(len(demo_tokenizer)), args=args,
+                                   train_dataset=walk_data[0], processing_class=demo_tokenizer,
+                                   optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.2, "momentum": 0.5}))
+    trainer.train()
+    assert type(trainer.optimizer) is torch.optim.SGD
+    assert trainer.optimizer.param_groups[0]["momentum"] == 0.5
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == 0.2

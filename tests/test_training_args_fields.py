@@ -99,6 +99,7 @@ ACTS: dict[str, Case] = {
     "logging_steps": Case(2, "run"),
     "logging_first_step": Case(True, "run", dict(logging_steps=2)),
     "logging_nan_inf_filter": Case(False, "nan_run"),
+    "log_on_each_node": Case(False, "node_log_level", dict(log_level="error")),
     "include_num_input_tokens_seen": Case("all", "run", part="tokens"),
     "log_level": Case("error", "log_level"),
     "log_level_replica": Case("error", "replica_log_level"),
@@ -188,7 +189,6 @@ WARN_VALUES: dict[str, Any] = {
     "use_liger_kernel": True,
     "liger_kernel_config": {"rope": True},
     "auto_find_batch_size": True,
-    "log_on_each_node": False,
     "project": "walk",
     "trackio_space_id": "me/space",
     "trackio_bucket_id": "me/bucket",
@@ -365,11 +365,12 @@ def observe_log_level(trainer: Any) -> Any:
     return [logging.getLogger("hf_lightning").level, transformers.logging.get_verbosity()]
 
 
-def observe_replica_log_level(trainer: Any) -> Any:
+def _log_level_as(trainer: Any, rank: int, local_rank: int) -> Any:
+    """The levels ``log_level``/``log_level_replica`` give a process that torchrun numbered so."""
     from hf_lightning.log import set_verbosity_from_args
 
     old = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK")}
-    os.environ.update(RANK="1", LOCAL_RANK="1")  # what torchrun tells a second process
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank))
     try:
         set_verbosity_from_args(trainer.args)
         return observe_log_level(trainer)
@@ -379,6 +380,14 @@ def observe_replica_log_level(trainer: Any) -> Any:
                 os.environ.pop(k)
             else:
                 os.environ[k] = v
+
+
+def observe_replica_log_level(trainer: Any) -> Any:
+    return _log_level_as(trainer, rank=1, local_rank=1)  # a second process on the first machine
+
+
+def observe_node_log_level(trainer: Any) -> Any:
+    return _log_level_as(trainer, rank=2, local_rank=0)  # the first process on the second machine
 
 
 def _metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ SUPPORTED = frozenset(
     """
     output_dir per_device_train_batch_size num_train_epochs max_steps learning_rate lr_scheduler_type
     lr_scheduler_kwargs warmup_steps optim optim_args weight_decay adam_beta1 adam_beta2 adam_epsilon
-    optim_target_modules gradient_accumulation_steps max_grad_norm activation_checkpointing
+    optim_target_modules gradient_accumulation_steps max_grad_norm activation_checkpointing log_on_each_node
     activation_checkpointing_kwargs torch_empty_cache_steps include_num_input_tokens_seen
     dataloader_multiprocessing_context ddp_static_graph
     label_smoothing_factor bf16 fp16 bf16_full_eval fp16_full_eval tf32 gradient_checkpointing
@@ -62,7 +62,6 @@ NO_EFFECT: dict[str, str] = {
     "use_liger_kernel": "Liger's Triton GPU kernels are not wired into the Lightning engine",
     "liger_kernel_config": "Liger's Triton GPU kernels are not wired into the Lightning engine",
     "auto_find_batch_size": "use Lightning's Tuner (scale_batch_size) instead",
-    "log_on_each_node": "Lightning loggers log on global rank 0",
     "project": "tracker projects are set on the logger (trainer loggers)",
     "trackio_space_id": "trackio is not a supported logger",
     "trackio_bucket_id": "trackio is not a supported logger",

@@ -99,6 +99,7 @@ ACTS: dict[str, Case] = {
     "logging_steps": Case(2, "run"),
     "logging_first_step": Case(True, "run", dict(logging_steps=2)),
     "logging_nan_inf_filter": Case(False, "nan_run"),
+    "log_on_each_node": Case(False, "node_log_level", dict(log_level="error")),
     "include_num_input_tokens_seen": Case("all", "run", part="tokens"),
     "log_level": Case("error", "log_level"),
     "log_level_replica": Case("error", "replica_log_level"),
@@ -188,7 +189,6 @@ WARN_VALUES: dict[str, Any] = {
     "use_liger_kernel": True,
     "liger_kernel_config": {"rope": True},
     "auto_find_batch_size": True,
-    "log_on_each_node": False,
     "project": "walk",
     "trackio_space_id": "me/space",
     "trackio_bucket_id": "me/bucket",
@@ -365,11 +365,12 @@ def observe_log_level(trainer: Any) -> Any:
     return [logging.getLogger("hf_lightning").level, transformers.logging.get_verbosity()]
 
 
-def observe_replica_log_level(trainer: Any) -> Any:
+def _log_level_as(trainer: Any, rank: int, local_rank: int) -> Any:
+    """The levels ``log_level``/``log_level_replica`` give a process that torchrun numbered so."""
     from hf_lightning.log import set_verbosity_from_args
 
     old = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK")}
-    os.environ.update(RANK="1", LOCAL_RANK="1")  # what torchrun tells a second process
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank))
     try:
         set_verbosity_from_args(trainer.args)
         return observe_log_level(trainer)
@@ -379,6 +380,14 @@ def observe_replica_log_level(trainer: Any) -> Any:
                 os.environ.pop(k)
             else:
                 os.environ[k] = v
+
+
+def observe_replica_log_level(trainer: Any) -> Any:
+    return _log_level_as(trainer, rank=1, local_rank=1)  # a second process on the first machine
+
+
+def observe_node_log_level(trainer: Any) -> Any:
+    return _log_level_as(trainer, rank=2, local_rank=0)  # the first process on the second machine
 
 
 def _metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -502,3 +511,26 @@ def test_observers_are_deterministic(observer: str, tmp_path: Path, walk_data, d
     second = _observe(case, {}, tmp_path / "b", walk_data, demo_tokenizer)
     assert first == second
     assert first[0] != "raised" if isinstance(first, list) and first else True, first
+
+
+# ------------------------------------------------------------------ the Trainer's own optimizer arguments
+def test_optimizers_and_optimizer_cls_and_kwargs_act(tmp_path: Path, walk_data, demo_tokenizer) -> None:
+    """``Trainer(optimizers=(opt, sched))`` trains with those objects; ``optimizer_cls_and_kwargs`` builds its class."""
+    model = tiny_bert_classifier(len(demo_tokenizer))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    args = hf_lightning.TrainingArguments(**{**BASE, "output_dir": str(tmp_path / "given")})
+    trainer = hf_lightning.Trainer(model=model, args=args, train_dataset=walk_data[0], optimizers=(opt, sched),
+                                   processing_class=demo_tokenizer)
+    trainer.train()
+    assert trainer.optimizer is opt and trainer.lr_scheduler is sched
+    assert [e["learning_rate"] for e in trainer.state.log_history if "loss" in e] == [0.1, 0.05, 0.025]
+
+    args = hf_lightning.TrainingArguments(**{**BASE, "output_dir": str(tmp_path / "cls")})
+    trainer = hf_lightning.Trainer(model=tiny_bert_classifier(len(demo_tokenizer)), args=args,
+                                   train_dataset=walk_data[0], processing_class=demo_tokenizer,
+                                   optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.2, "momentum": 0.5}))
+    trainer.train()
+    assert type(trainer.optimizer) is torch.optim.SGD
+    assert trainer.optimizer.param_groups[0]["momentum"] == 0.5
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == 0.2

@@ -201,3 +201,27 @@ def test_fsdp2_by_tensor_parallel_on_four_gpus(tmp_path: Path) -> None:
         w_single, w_2d = _reload(kind, single["export"]).state_dict(), _reload(kind, two_d["export"]).state_dict()
         assert max((w_single[k] - w_2d[k]).abs().max().item() for k in w_single) <= 1e-4
         assert two_d["orders"][0] == two_d["orders"][1] != two_d["orders"][2] == two_d["orders"][3]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_cli_trains_with_the_tensor_parallel_strategy_and_exports_full_weights(tmp_path: Path, demo_assets) -> None:
+    """``--trainer.strategy`` naming TensorParallelStrategy on 2 CPU processes: trains, writes a loadable HF model."""
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "hf_lightning", "fit", "--config", str(repo / "configs/quickstart.yaml"),
+         "--trainer.devices=2", "--trainer.accelerator=cpu",
+         "--trainer.strategy=hf_lightning.strategies.TensorParallelStrategy",
+         "--trainer.strategy.tensor_parallel_size=2", "--trainer.max_steps=2", "--trainer.max_epochs=1",
+         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--data.max_train_samples=64",
+         "--data.max_eval_samples=8",
+         '--model.model={"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, '
+         '"intermediate_size": 64}'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "Run summary (2 optimizer steps" in run.stdout  # rank 0 prints it; the log dir is read on both ranks
+    export = next(tmp_path.rglob("hf_model"))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(export)
+    assert model.bert.encoder.layer[0].attention.self.query.weight.shape == (32, 32)  # gathered, not a half
+    assert model.bert.encoder.layer[0].output.dense.weight.shape == (32, 64)

@@ -28,10 +28,14 @@ class RunSummary(pl.Callback):
         self._start = time.monotonic()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.interrupted:
+        if trainer.interrupted:
+            return
+        # trainer.log_dir is a broadcast under several processes: every rank must read it, not rank 0 alone.
+        log_dir = trainer.log_dir if trainer.loggers else None
+        if not trainer.is_global_zero:
             return
         wall = time.monotonic() - self._start if self._start is not None else None
-        print(format_fit_summary(trainer, pl_module, wall), flush=True)
+        print(format_fit_summary(trainer, pl_module, wall, log_dir=log_dir), flush=True)
 
 
 def _export_dir(trainer: pl.Trainer) -> Path | None:
@@ -53,8 +57,10 @@ def _eval_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[st
     return {k: float(v) for k, v in sorted(metrics.items()) if math.isfinite(float(v))}
 
 
-def format_fit_summary(trainer: pl.Trainer, pl_module: pl.LightningModule, wall_seconds: float | None) -> str:
-    """The summary block: one ``label: value`` line per fact that the run has."""
+def format_fit_summary(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, wall_seconds: float | None, log_dir: str | None = None
+) -> str:
+    """The summary block: one ``label: value`` line per fact that the run has (``log_dir``: read by the caller)."""
     lines = [f"Run summary ({trainer.global_step} optimizer steps, {trainer.current_epoch} epochs)"]
     metrics = _eval_metrics(trainer, pl_module)
     if metrics:
@@ -65,8 +71,10 @@ def format_fit_summary(trainer: pl.Trainer, pl_module: pl.LightningModule, wall_
     export = _export_dir(trainer)
     if export is not None:
         lines.append(f"  Hugging Face model: {export.resolve()}")
-    if trainer.loggers and trainer.log_dir:
-        lines.append(f"  logs:             {Path(trainer.log_dir).resolve()}")
+    if log_dir is None and trainer.loggers and trainer.world_size == 1:
+        log_dir = trainer.log_dir
+    if log_dir:
+        lines.append(f"  logs:             {Path(log_dir).resolve()}")
     if wall_seconds is not None:
         lines.append(f"  wall time:        {wall_seconds:.1f} s")
     return "\n".join(lines)

@@ -17,7 +17,6 @@ arrays and gets transformers' own allow-list of NumPy types (:func:`~hf_lightnin
 from __future__ import annotations
 
 import contextlib
-import io
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 
+from hf_lightning.checkpoint_io import torch_save_file
 from hf_lightning.checkpoint_io_plugin import SafeLoadCheckpointIO
 from hf_lightning.rng import RNG_STATE_VERSION
 from hf_lightning.safe_load import numpy_globals, safe_torch_load
@@ -145,11 +145,9 @@ class InteropCheckpointIO(SafeLoadCheckpointIO):
 
 
 def _save(obj: Any, path: Path) -> None:
-    """``torch.save`` through memory, as Lightning saves: a failed write (disk full) is an ``OSError``
-    that the atomic folder turns into its one-line error, not a RuntimeError from torch's zip writer."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    path.write_bytes(buffer.getbuffer())
+    """``torch.save`` streamed into the file: a failed write (disk full) is an ``OSError`` that the atomic
+    folder turns into its one-line error, and no second copy of the optimizer state is held in memory."""
+    torch_save_file(obj, path)
 
 
 def _write_hf_files(checkpoint: dict[str, Any], folder: Path, model_prefix: str | None) -> dict[str, Any]:

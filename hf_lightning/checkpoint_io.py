@@ -49,6 +49,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "rotate_checkpoints",
+    "torch_save_file",
     "validate_resume_path",
 ]
 
@@ -157,6 +158,44 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     import torch
 
     return _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def torch_save_file(obj: Any, path: PathLike) -> None:
+    """``torch.save`` streamed into the file ``path``: no copy of the bytes in memory, and a failed write
+    (disk full, file size limit) raises its ``OSError``, which :func:`atomic_directory` turns into the
+    one-line :class:`CheckpointWriteError`.
+
+    Saving to a path, torch's zip writer reports a failed write as a ``RuntimeError`` without the reason;
+    serialising into memory first (Lightning's way) keeps the ``OSError`` but holds a second copy of
+    every tensor. For files inside an atomic folder, where the file itself need not be atomic.
+    """
+    import torch
+
+    with open(path, "wb") as handle:
+        writer = _ReportingWriter(handle)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError as err:
+            if writer.failure is not None:
+                raise writer.failure from err
+            raise
+
+
+class _ReportingWriter:
+    """A binary file for ``torch.save`` that remembers the ``OSError`` of a failed write."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.failure = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.failure = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def _atomic_write(path: PathLike, write: Callable[[Any], Any]) -> Path:

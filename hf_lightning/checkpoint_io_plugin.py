@@ -30,7 +30,7 @@ from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol, get_filesystem
 from lightning.fabric.utilities.types import _PATH
 
-from hf_lightning.checkpoint_io import TMP_PREFIX, atomic_torch_save, cleanup_incomplete
+from hf_lightning.checkpoint_io import TMP_PREFIX, atomic_torch_save, cleanup_incomplete, torch_save_file
 from hf_lightning.errors import ConfigError
 from hf_lightning.safe_load import safe_torch_load
 
@@ -63,16 +63,7 @@ class SafeLoadCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if self._in_place and storage_options is None and _is_local_file_protocol(path):
-            import torch
-
-            with open(path, "wb") as handle:
-                writer = _Writer(handle)
-                try:
-                    torch.save(checkpoint, writer)
-                except RuntimeError as err:  # torch reports a failed write as its own error: give back the OSError
-                    if writer.failure is not None:
-                        raise writer.failure from err
-                    raise
+            torch_save_file(checkpoint, path)
             return
         super().save_checkpoint(checkpoint, path, storage_options)
 
@@ -84,24 +75,6 @@ class SafeLoadCheckpointIO(TorchCheckpointIO):
                 raise FileNotFoundError(f"Checkpoint file not found: {path}")
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return safe_torch_load(path, field="ckpt_path", map_location=map_location)
-
-
-class _Writer:
-    """A binary file for ``torch.save`` that remembers the ``OSError`` of a failed write (disk full, file
-    size limit), which torch would otherwise turn into a ``RuntimeError`` without the reason."""
-
-    def __init__(self, handle: Any) -> None:
-        self.handle, self.failure = handle, None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self.handle.write(data)
-        except OSError as err:
-            self.failure = err
-            raise
-
-    def flush(self) -> None:
-        self.handle.flush()
 
 
 def use_safe_loading(trainer: Any, checkpoint_io: SafeLoadCheckpointIO | None = None) -> SafeLoadCheckpointIO | None:

@@ -73,10 +73,15 @@ def _rows(cfg: dict[str, Any]):
 
 
 class StepClock:
-    """Wall time at the end of every optimizer step (device synchronised)."""
+    """Wall time at the end of every optimizer step (device synchronised), and this process's CPU time.
+
+    On a CPU run with one thread the CPU time per step is what the step costs on an idle machine,
+    however busy the machine is; wall time also counts the waits for a core.
+    """
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
 
     def tick(self) -> None:
         import torch
@@ -84,6 +89,7 @@ class StepClock:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
 
 
 def _hf_clock_callback(clock: StepClock):
@@ -199,12 +205,13 @@ def run(runner: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
     if len(clock.times) != expected:
         raise SystemExit(f"{runner}: timed {len(clock.times)} optimizer steps, expected {expected}")
     timed = clock.times[-1] - clock.times[cfg["warmup"] - 1]
+    cpu_timed = clock.cpu_times[-1] - clock.cpu_times[cfg["warmup"] - 1]
     if torch.cuda.is_available():
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return {"runner": runner, "tokens_per_s": cfg["steps"] * cfg["batch"] * cfg["seq"] / timed,
-            "step_ms": 1000 * timed / cfg["steps"], "peak_mib": peak_mib, "wall_s": wall,
+            "step_ms": 1000 * timed / cfg["steps"], "cpu_step_ms": 1000 * cpu_timed / cfg["steps"], "peak_mib": peak_mib, "wall_s": wall,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
 
@@ -240,7 +247,7 @@ def interleaved(runners: list[str], preset: str, repeat: int, in_process: bool =
             rows.append(runs[runner][-1])
             continue
         best = dict(good[0])
-        for key in ("tokens_per_s", "step_ms", "peak_mib", "wall_s"):
+        for key in ("tokens_per_s", "step_ms", "cpu_step_ms", "peak_mib", "wall_s"):
             best[key] = _median([r[key] for r in good])
         best["repeats"] = len(good)
         rows.append(best)
@@ -276,6 +283,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(rows: list[dict[str, Any]]) -> str:
+    """CPU time per optimizer step and its ratio to raw's and transformers' (1.05x = 5% more host+compute time)."""
+    ok = {r["runner"]: r for r in rows if "error" not in r and "cpu_step_ms" in r}
+    lines = ["| runner | CPU ms/step | x raw | x transformers |", "| --- | ---: | ---: | ---: |"]
+    for name, row in ok.items():
+        raw, hf = ok.get("raw"), ok.get("transformers")
+        x_raw = f"{row['cpu_step_ms'] / raw['cpu_step_ms']:.3f}" if raw else "n/a"
+        x_hf = f"{row['cpu_step_ms'] / hf['cpu_step_ms']:.3f}" if hf else "n/a"
+        lines.append(f"| {name} | {row['cpu_step_ms']:.1f} | {x_raw} | {x_hf} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -299,6 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = interleaved(args.runners.split(","), args.preset, args.repeat, in_process=args.in_process)
     print(f"preset {args.preset}: {json.dumps(cfg)}")
     print(table(rows))
+    if any("cpu_step_ms" in r for r in rows):
+        print("\nCPU time per step (this process; with one thread, what the step costs on an idle core):")
+        print(cpu_table(rows))
     if args.output:
         Path(args.output).write_text(json.dumps({"preset": args.preset, "config": cfg, "rows": rows}, indent=1))
 

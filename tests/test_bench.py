@@ -30,6 +30,14 @@ def test_table_ratios_come_from_the_same_rows() -> None:
     assert "failed: CUDA required" in lines[5]
 
 
+def test_cpu_time_table_gives_step_cost_as_a_multiple_of_raw_and_transformers() -> None:
+    rows = [{"runner": "raw", "cpu_step_ms": 30.0}, {"runner": "transformers", "cpu_step_ms": 33.9},
+            {"runner": "hf_lightning", "cpu_step_ms": 30.6}, {"runner": "hf_lightning-fsdp", "error": ["CUDA required"]}]
+    lines = _bench_module().cpu_table(rows).splitlines()
+    assert lines[4] == "| hf_lightning | 30.6 | 1.020 | 0.903 |"
+    assert len(lines) == 5  # failed runners have no CPU time
+
+
 @pytest.mark.parametrize("preset", ["smoke", "smoke-bert"])
 def test_every_cpu_runner_trains_and_is_timed(tmp_path: Path, preset: str, capsys: pytest.CaptureFixture) -> None:
     """Every runner of both model families, a few steps of a minute model, in this process.

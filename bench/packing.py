@@ -2,10 +2,11 @@
 
 Both runs train the same randomly initialised tiny Llama on the same rows in the same order (AdamW,
 forward + backward + step per batch). ``padded`` batches with the task's HF collator (dynamic padding
-to the longest row); ``packed`` with ``PackedCollator`` (one row per batch, no pad tokens). Tokens/s
-counts real tokens only; waste is the share of computed positions that are padding.
+to the longest row); ``packed`` with ``PackedCollator`` (one row per batch, no pad tokens);
+``packed rows`` with ``PackedCollator(max_length=--row-length)`` (rows of a fixed length, padded at
+their ends). Tokens/s counts real tokens only; waste is the share of computed positions that are padding.
 
-    python bench/packing.py [--rows 256] [--batch 16] [--hidden 128] [--layers 2]
+    python bench/packing.py [--rows 256] [--batch 16] [--hidden 128] [--layers 2] [--row-length 512]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import transformers
 
 from hf_lightning.data.collators import PackedCollator, build_collator
 from hf_lightning.demo.tokenizer import ensure_demo_assets
+
+PAD = 0  # the demo tokenizer's pad id; the synthetic rows draw ids from 4 up, so never PAD
 
 
 def skewed_rows(n: int, vocab: int, seed: int = 0) -> list[dict[str, list[int]]]:
@@ -40,7 +43,7 @@ def run(model: torch.nn.Module, batches: list[dict], steps_to_skip: int = 2) -> 
         optimizer.step()
         optimizer.zero_grad()
         if i >= steps_to_skip:
-            real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].ne(PAD).sum())
             tokens, positions = tokens + real, positions + batch["input_ids"].numel()
     elapsed = time.perf_counter() - start
     return tokens / elapsed, 1 - tokens / positions
@@ -52,6 +55,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--row-length", type=int, default=512)
     args = parser.parse_args()
     tokenizer = transformers.AutoTokenizer.from_pretrained(ensure_demo_assets()["tokenizer"])
     rows = skewed_rows(args.rows, len(tokenizer))
@@ -61,7 +65,8 @@ def main() -> None:
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(config)
     chunks = [rows[i:i + args.batch] for i in range(0, len(rows), args.batch)]
-    collators = {"padded": build_collator("causal-lm", tokenizer), "packed": PackedCollator()}
+    collators = {"padded": build_collator("causal-lm", tokenizer), "packed": PackedCollator(),
+                 f"packed rows ({args.row_length})": PackedCollator(args.row_length, PAD)}
     print(f"{args.rows} rows, batch {args.batch}, Llama {args.layers}x{args.hidden}, torch threads {torch.get_num_threads()}")
     print("| data | tokens/s | padding waste |\n| --- | --- | --- |")
     for name, collate in collators.items():

@@ -23,11 +23,11 @@ __all__ = [
 CollatorName = Literal["auto", "two_view", "packed"]
 """``auto``: the task's HF collator on pre-tokenised rows. ``two_view``: raw text rows batched by
 ``TwoViewCollator`` into two views for ``ContrastiveLoss``. ``packed``: causal-LM rows packed into one
-row without padding (``PackedCollator``)."""
+row without padding, or into fixed-length rows with ``packing_length`` (``PackedCollator``)."""
 
 
 class PackedCollator:
-    """Padding-free packing for causal LMs: a batch becomes one row, no pad tokens.
+    """Padding-free packing for causal LMs: a batch becomes one row, or rows of ``max_length`` tokens.
 
     transformers' ``DataCollatorWithFlattening`` concatenates the rows, restarts ``position_ids`` at 0
     for each one and sets each row's first label to -100 (so no token is predicted across a
@@ -36,19 +36,65 @@ class PackedCollator:
     attention). ``use_cache=False`` rides in the batch because with a cache (the config's default)
     transformers skips that detection and the rows would attend to each other. The loss is the
     per-token mean over the same scored tokens as the padded batch.
+
+    With ``max_length`` (TRL-style packing into fixed-length rows) the batch's sequences are binned
+    first-fit decreasing into rows of at most ``max_length`` tokens, each row flattened as above and
+    padded at its end to ``max_length`` (a fixed shape, the same for every batch). transformers finds
+    the sequences per row (``find_packed_sequence_indices`` works on every row of a batch), so rows
+    do not attend to each other either. The padding gets its own position ids from 0 and labels -100:
+    causal attention keeps real tokens from seeing it and the loss does not score it. A sequence
+    longer than ``max_length`` is truncated to it (set ``max_length`` of the data at most this long
+    to lose nothing).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_length: int | None = None, pad_token_id: int = 0) -> None:
         from transformers import DataCollatorWithFlattening
 
+        if max_length is not None and max_length < 2:
+            raise ConfigError("max_length", f"must be >= 2, got {max_length}", "use the row length in tokens, e.g. 512")
+        self.max_length = max_length
+        self.pad_token_id = pad_token_id
         self._flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.max_length is None:
+            return self._pack(features)
+        rows = [self._pad(self._pack(group)) for group in self._bins(features)]
+        batch = {key: torch.cat([row[key] for row in rows]) for key in rows[0] if key != "use_cache"}
+        return {**batch, "use_cache": False}
+
+    def _pack(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         rows = [{k: v for k, v in f.items() if k in ("input_ids", "labels")} for f in features]
         batch = {**self._flatten(rows, return_tensors="pt"), "use_cache": False}
         if "token_type_ids" in features[0]:  # GPT-2 embeds them: keep them to stay equal to the padded batch
             batch["token_type_ids"] = torch.tensor([[t for f in features for t in f["token_type_ids"]]])
         return batch
+
+    def _bins(self, features: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """First-fit decreasing: longest first, each into the first row with room (truncated to a row)."""
+        limit = self.max_length
+        assert limit is not None
+        cut = [{k: list(v)[:limit] for k, v in f.items() if k in ("input_ids", "labels", "token_type_ids")}
+               for f in features]
+        bins: list[list[dict[str, Any]]] = []
+        room: list[int] = []
+        for f in sorted(cut, key=lambda f: len(f["input_ids"]), reverse=True):
+            size = len(f["input_ids"])
+            slot = next((i for i, free in enumerate(room) if free >= size), None)
+            if slot is None:
+                bins.append([])
+                room.append(limit)
+                slot = len(bins) - 1
+            bins[slot].append(f)
+            room[slot] -= size
+        return bins
+
+    def _pad(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Pad one packed row at its end to ``max_length``: pad ids, fresh positions, labels -100."""
+        missing = self.max_length - row["input_ids"].shape[1]
+        fill = {"input_ids": torch.full((1, missing), self.pad_token_id), "labels": torch.full((1, missing), -100),
+                "position_ids": torch.arange(missing).unsqueeze(0), "token_type_ids": torch.zeros(1, missing)}
+        return {k: torch.cat([v, fill[k].to(v.dtype)], dim=1) if k in fill else v for k, v in row.items()}
 
 
 def build_collator(task: str, tokenizer: Any, mlm_probability: float = 0.15) -> Callable:
@@ -94,8 +140,19 @@ class TagPaddingCollator:
         return batch
 
 
-def check_collator_settings(task: str, collator: str, text_columns: list[str], tag_column: str | None) -> None:
+def check_collator_settings(
+    task: str, collator: str, text_columns: list[str], tag_column: str | None, packing_length: int | None = None
+) -> None:
     """Refuse combinations that would silently produce batches the model cannot use."""
+    if packing_length is not None and collator != "packed":
+        raise ConfigError(
+            "data.packing_length", f"needs collator packed, got {collator}",
+            "set data.collator to packed, or leave packing_length unset",
+        )
+    if packing_length is not None and packing_length < 2:
+        raise ConfigError(
+            "data.packing_length", f"must be >= 2, got {packing_length}", "use the row length in tokens, e.g. 512"
+        )
     if collator == "packed" and task != "causal-lm":
         raise ConfigError(
             "data.collator", f"packed needs task causal-lm, got {task}",
@@ -132,6 +189,7 @@ def datamodule_collator(
     mlm_probability: float,
     word_dropout: float,
     seed: int,
+    packing_length: int | None = None,
 ) -> Callable:
     """The collator ``HFDataModule`` batches with: two views, tags beside a sentence label, or the task's."""
     if collator == "two_view":
@@ -152,5 +210,5 @@ def datamodule_collator(
     if tag_column is not None:
         return TagPaddingCollator(tokenizer)
     if collator == "packed":
-        return PackedCollator()
+        return PackedCollator(packing_length, tokenizer.pad_token_id or 0)
     return build_collator(task, tokenizer, mlm_probability)

@@ -70,6 +70,9 @@ class HFDataModule(pl.LightningDataModule):
             one with words dropped. Labels are not read: the pairing is the supervision.
             ``packed`` (causal-lm): padding-free packing, each batch one row with position ids
             restarting per sequence and no attention across sequences (``PackedCollator``).
+        packing_length: ``packed`` only: pack each batch into rows of at most this many tokens
+            (first-fit decreasing), each padded at its end to this length, instead of one row.
+            A longer sequence is truncated to it.
         word_dropout: ``two_view`` only: share of words dropped to make view two from view one.
         tag_column: per-word tags for a multi-task model (``MultiTaskModel``): ``text_column`` then
             holds a list of words, ``label_column`` the sentence label (batch key ``labels``) and
@@ -104,6 +107,7 @@ class HFDataModule(pl.LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         collator: CollatorName = "auto",
+        packing_length: int | None = None,
         word_dropout: float = 0.1,
         tag_column: str | None = None,
         tag_names: list[str] | None = None,
@@ -121,7 +125,8 @@ class HFDataModule(pl.LightningDataModule):
         self.text_columns = [text_column] if isinstance(text_column, str) else list(text_column)
         self.collator_name = collator
         self.tag_column = tag_column
-        check_collator_settings(task, collator, self.text_columns, tag_column)
+        check_collator_settings(task, collator, self.text_columns, tag_column, packing_length)
+        self.packing_length = packing_length
         labelled = task in {"sequence-classification", "token-classification"} and collator == "auto"
         self.label_column = label_column if labelled else None
         self.target_column = target_column
@@ -152,7 +157,7 @@ class HFDataModule(pl.LightningDataModule):
         return datamodule_collator(
             self.collator_name, self.task, self.tokenizer, text_columns=self.text_columns,
             tag_column=self.tag_column, max_length=self.max_length, mlm_probability=mlm_probability,
-            word_dropout=word_dropout, seed=self.seed,
+            word_dropout=word_dropout, seed=self.seed, packing_length=self.packing_length,
         )
 
     # ------------------------------------------------------------------ linked properties

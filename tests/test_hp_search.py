@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 from hf_lightning import ConfigError, Trainer, TrainingArguments
 
@@ -259,3 +261,71 @@ def test_ray_search_on_a_started_cluster(ray_cluster, tmp_path: Path) -> None:
         hp_space=lambda _: {"learning_rate": tune.grid_search(list(LRS))}, n_trials=1, backend="ray",
         storage_path=str(tmp_path / "ray"), resources_per_trial={"cpu": 1})
     assert best.hyperparameters == {"learning_rate": LRS[0]}
+
+
+class RecordLr(TrainerCallback):
+    """Appends, per trial run folder, where each train() began, the optimizer's learning rate at each step
+    and the learning rate each step logged."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _write(self, args, **row) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"run": Path(args.output_dir).name, **row}) + "\n")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._write(args, event="begin", step=state.global_step, config_lr=args.learning_rate)
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self._write(args, event="step", step=state.global_step + 1, lr=optimizer.param_groups[0]["lr"])
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "learning_rate" in logs and "loss" in logs:
+            self._write(args, event="log", step=state.global_step, lr=logs["learning_rate"])
+
+
+def _halve_lr(config: dict) -> dict:
+    """PBT's explore step, deterministic: the clone's learning rate is half its donor's."""
+    return {**config, "learning_rate": config["learning_rate"] / 2}
+
+
+@pytest.mark.slow
+def test_ray_pbt_clone_restores_a_better_trial_and_trains_with_its_own_learning_rate(ray_local, tmp_path: Path) -> None:
+    """PBT through hyperparameter_search: the hopeless trial restores the good one's checkpoint and trains on
+    with its own explored learning rate (HF's ``_hp_search_setup`` sets it), not the donor's from the restored
+    optimizer. Read from Ray's PBT log and the learning rate each step logged, not from timing."""
+    from ray import tune
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    log = tmp_path / "lr.jsonl"
+    trainer = _trainer(tmp_path, max_steps=6, eval_steps=2, save_strategy="steps", save_steps=2, logging_steps=1,
+                       lr_scheduler_type="constant")  # constant: every step's lr is the trial's own value
+    trainer.add_callback(RecordLr(str(log)))
+    pbt = PopulationBasedTraining(time_attr="training_iteration", metric="objective", mode="min",
+                                  perturbation_interval=2, synch=True, custom_explore_fn=_halve_lr)
+    best = trainer.hyperparameter_search(
+        hp_space=lambda _: {"learning_rate": tune.grid_search(list(LRS))}, n_trials=1, backend="ray", scheduler=pbt,
+        max_concurrent_trials=2, storage_path=str(tmp_path / "ray"), name="pbt", resources_per_trial={"cpu": 1})
+    # Ray's PBT log, one line per exploit: [trial tag, donor tag, trial's iteration, donor's iteration,
+    # donor config, explored config]; a tag starts with the trial's index ("1_learning_rate=2.0000")
+    exploits = [json.loads(line) for line in (tmp_path / "ray" / "pbt" / "pbt_global.txt").read_text().splitlines()]
+    assert exploits, "no trial exploited another"
+    runs = {t.experiment_tag.split("_")[0]: f"run-{t.trial_id}" for t in best.run_summary.trials}
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    for tag, donor_tag, _, _, donor_config, explored in exploits:
+        run, donor, lr = runs[tag.split("_")[0]], runs[donor_tag.split("_")[0]], explored["learning_rate"]
+        assert lr == pytest.approx(donor_config["learning_rate"] / 2)
+        begins = [i for i, r in enumerate(rows) if r["run"] == run and r["event"] == "begin"
+                  and r["step"] > 0 and r["config_lr"] == pytest.approx(lr)]
+        assert begins, f"{run} never began from a restored checkpoint with lr {lr}: {rows}"
+        restored_step = rows[begins[0]]["step"]
+        donor_steps = {r["step"] for r in rows[:begins[0]] if r["run"] == donor and r["event"] == "log"}
+        assert restored_step in donor_steps and restored_step % 2 == 0, "restored the donor's evaluation checkpoint"
+        after = [r for r in rows[begins[0] + 1:] if r["run"] == run]
+        after = after[:next((i for i, r in enumerate(after) if r["step"] <= restored_step), len(after))]
+        assert {r["event"] for r in after} == {"step", "log"}, f"{run} did not train on after step {restored_step}"
+        # the clone trains (optimizer) and logs (scheduler) its explored learning rate, not the donor's that the
+        # restored optimizer and scheduler states held
+        assert [r["lr"] for r in after] == pytest.approx([lr] * len(after), rel=1e-9), after
+    assert all(t.status == "TERMINATED" for t in best.run_summary.trials)

@@ -25,6 +25,7 @@ from hf_lightning.log import get_logger
 from hf_lightning.loggers import TrackerExtras, run_hyperparameters
 from hf_lightning.models import enable_gradient_checkpointing
 from hf_lightning.run_lock import RunLockCallback
+from hf_lightning.tune.explore import ApplyTrialHyperparameters
 
 __all__ = ["build_module", "check_eval_setup", "train"]
 
@@ -74,6 +75,9 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     plan["callbacks"] = [run_lock, trainer._bridge,
                          *checkpoints.resume_callbacks(trainer), *trainer.lightning_callbacks,
                          *plan.get("callbacks", [])]
+    if trial is not None:  # a PBT clone trains with its own explored values, not the restored donor's
+        plan["callbacks"].insert(0, ApplyTrialHyperparameters(
+            lambda: {"learning_rate": args.learning_rate, "weight_decay": args.weight_decay}))
     if plan["logger"]:  # HF's tracker integrations also log the arguments and (MLflow) the model
         plan["callbacks"].append(TrackerExtras(run_hyperparameters(args, trainer.model), save_model=trainer.save_model))
     trainer._pl_trainer = pl.Trainer(**plan)

@@ -155,4 +155,4 @@ def test_cli_logger_tensorboard(tmp_path: Path, demo_assets, monkeypatch: pytest
     events = EventAccumulator(str(run_dir))
     events.Reload()
     assert {"loss", "learning_rate", "grad_norm", "eval_loss", "eval_accuracy"} <= set(events.Tags()["scalars"])
-    assert "learning_rate: 0.0005" in (run_dir / "hparams.yaml").read_text()
+    assert "learning_rate: 0.0008" in (run_dir / "hparams.yaml").read_text()

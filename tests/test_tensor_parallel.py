@@ -213,7 +213,7 @@ def test_cli_trains_with_the_tensor_parallel_strategy_and_exports_full_weights(t
          "--trainer.devices=2", "--trainer.accelerator=cpu",
          "--trainer.strategy=hf_lightning.strategies.TensorParallelStrategy",
          "--trainer.strategy.tensor_parallel_size=2", "--trainer.max_steps=2", "--trainer.max_epochs=1",
-         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--data.max_train_samples=64",
+         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--data.max_train_samples=64", "--data.batch_size=32",
          "--data.max_eval_samples=8",
          '--model.model={"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, '
          '"intermediate_size": 64}'],

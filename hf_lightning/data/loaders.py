@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["build_dataloader"]
+__all__ = ["build_dataloader", "worker_options"]
 
 
 def build_dataloader(
@@ -54,13 +54,7 @@ def build_dataloader(
         )
     else:
         sampler = _EvalShardSampler(len(dataset))
-    kwargs: dict[str, Any] = {}
-    if num_workers > 0:
-        kwargs["persistent_workers"] = persistent_workers
-        if prefetch_factor is not None:
-            kwargs["prefetch_factor"] = prefetch_factor
-        if multiprocessing_context is not None:  # "spawn" / "fork" / "forkserver", as HF passes it
-            kwargs["multiprocessing_context"] = multiprocessing_context
+    kwargs = worker_options(num_workers, persistent_workers, prefetch_factor, multiprocessing_context)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -107,3 +101,20 @@ class _EvalShardSampler(torch.utils.data.Sampler[int]):
     def __len__(self) -> int:
         rank, world = self._rank()
         return math.ceil(self.n / world) if world > 1 else self.n
+
+
+def worker_options(
+    num_workers: int,
+    persistent_workers: bool = False,
+    prefetch_factor: int | None = None,
+    multiprocessing_context: str | None = None,
+) -> dict[str, Any]:
+    """The ``DataLoader`` keywords that only worker processes take (torch refuses them with ``num_workers=0``)."""
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["persistent_workers"] = persistent_workers
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+        if multiprocessing_context is not None:  # "spawn" / "fork" / "forkserver", as HF passes it
+            kwargs["multiprocessing_context"] = multiprocessing_context
+    return kwargs

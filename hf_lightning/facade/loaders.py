@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from hf_lightning.data import build_dataloader
+from hf_lightning.data.loaders import worker_options
 from hf_lightning.errors import ConfigError
 
 __all__ = ["batches_per_epoch", "eval_dataloader", "remove_unused_columns", "train_dataloader"]
@@ -116,17 +117,12 @@ def _iterable_dataloader(trainer: Any, dataset: IterableDataset, batch_size: int
     collator = trainer.data_collator
     if args.remove_unused_columns:
         collator = RemoveColumnsCollator(collator, _signature_columns(trainer))
-    kwargs: dict[str, Any] = {}
-    if args.dataloader_num_workers > 0:
-        kwargs["persistent_workers"] = args.dataloader_persistent_workers
-        if args.dataloader_prefetch_factor is not None:
-            kwargs["prefetch_factor"] = args.dataloader_prefetch_factor
-        if args.dataloader_multiprocessing_context is not None:
-            kwargs["multiprocessing_context"] = args.dataloader_multiprocessing_context
+    options = _worker_options(args)
+    pin_memory = options.pop("pin_memory")
     return DataLoader(
         _RankShard(dataset, batch_size, args.dataloader_drop_last), batch_size=batch_size, collate_fn=collator,
-        num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
-        **kwargs,
+        num_workers=args.dataloader_num_workers, pin_memory=pin_memory,
+        **worker_options(args.dataloader_num_workers, **options),
     )
 
 

@@ -114,7 +114,7 @@ def _training_arguments(cls, cfg: dict[str, Any], out: str, **extra: Any):
 
 # ---------------------------------------------------------------------------- runners
 def run_raw(cfg: dict[str, Any], clock: StepClock, out: str) -> None:
-    """What a careful person writes by hand: autocast, clip, AdamW, linear schedule."""
+    """What a careful person writes by hand: autocast, clip, fused AdamW, linear schedule."""
     import contextlib
 
     import torch
@@ -123,7 +123,8 @@ def run_raw(cfg: dict[str, Any], clock: StepClock, out: str) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = _model(cfg).to(device).train()
     loader = torch.utils.data.DataLoader(_rows(cfg), batch_size=cfg["batch"], shuffle=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    # fused: the kernel transformers.Trainer and hf_lightning use by default, so that only the engine differs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
     total = cfg["steps"] + cfg["warmup"]
     scheduler = transformers.get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=total)
     autocast = (torch.autocast(device, dtype=torch.bfloat16) if cfg["precision"] == "bf16"
@@ -169,7 +170,7 @@ def run_hf_lightning_native(cfg: dict[str, Any], clock: StepClock, out: str) -> 
             clock.tick()
 
     task = "sequence-classification" if cfg["model"] == "bert" else "causal-lm"
-    module = HFLightningModule(model=_model(cfg), task=task, learning_rate=1e-4, optim="adamw_torch")
+    module = HFLightningModule(model=_model(cfg), task=task, learning_rate=1e-4)
     loader = build_dataloader(_rows(cfg), cfg["batch"], None, train=True, shuffle=False)
     trainer = pl.Trainer(accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=1,
                          precision="bf16-mixed" if cfg["precision"] == "bf16" else "32-true",

@@ -184,6 +184,7 @@ class AccumulationMixin(pl.LightningModule):
         self._zero_pending = False
         self._in_own_backward = False
         self._skip_rest_of_epoch = False
+        self._parameter_list: list[torch.nn.Parameter] | None = None
 
     # ------------------------------------------------------------------ the micro-batch
     def start_micro_batch(self, batch_idx: int) -> None:
@@ -304,7 +305,40 @@ class AccumulationMixin(pl.LightningModule):
         """
         if self.strategy_accumulates:
             return self.deepspeed_return(mean / self.trainer.accumulate_grad_batches)
-        return mean * items
+        return self.item_sum(mean, items)
+
+    def item_sum(self, mean: torch.Tensor, items: torch.Tensor | int) -> torch.Tensor:
+        """A micro-batch's loss in the window's gradient units: its item-weighted sum, or the mean itself.
+
+        A window of one micro-batch on one process holds exactly that micro-batch's items, so its
+        per-item mean is the mean itself: backpropagating it directly (as transformers does) makes the
+        rescale at the step a multiplication by one, skipped (``window_is_one_batch``).
+        """
+        return mean if self.window_is_one_batch else mean * items
+
+    @property
+    def window_is_one_batch(self) -> bool:
+        """True when an optimizer step's window is one micro-batch on one process (no rescale needed)."""
+        trainer = attached_trainer(self)
+        return (
+            trainer is not None
+            and trainer.accumulate_grad_batches == 1
+            and trainer.world_size == 1
+            and not self.strategy_accumulates
+        )
+
+    def gradient_parameters(self) -> list[torch.nn.Parameter]:
+        """``self.parameters()`` as a list, built once per fit (walking the module tree on every step costs).
+
+        Refreshed at train start (:meth:`forget_parameters`), after the strategy has wrapped or sharded them.
+        """
+        if self._parameter_list is None:
+            self._parameter_list = list(self.parameters())
+        return self._parameter_list
+
+    def forget_parameters(self) -> None:
+        """Drop the cached parameter list (call when parameters may have been replaced)."""
+        self._parameter_list = None
 
     # ------------------------------------------------------------------ the optimizer step
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -317,10 +351,10 @@ class AccumulationMixin(pl.LightningModule):
         items, mean_loss = self.train_window.close(self.device)
         world = self.trainer.world_size
         if self.grads_synced_here:
-            all_reduce_gradients(self.parameters())  # summed over ranks: no averaging to undo
+            all_reduce_gradients(self.gradient_parameters())  # summed over ranks: no averaging to undo
             world = 1
-        if items > 0:
-            scale_gradients(self.parameters(), self.trainer.accumulate_grad_batches * world / items)
+        if items > 0 and not self.window_is_one_batch:
+            scale_gradients(self.gradient_parameters(), self.trainer.accumulate_grad_batches * world / items)
         self.record_step(mean_loss, optimizer.param_groups[0]["lr"])
 
     def configure_gradient_clipping(
@@ -336,7 +370,7 @@ class AccumulationMixin(pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             self.last_step.grad_norm = None
         else:
-            params = [p for p in self.parameters() if p.grad is not None]
+            params = [p for p in self.gradient_parameters() if p.grad is not None]
             max_norm = gradient_clip_val if gradient_clip_val else math.inf
             root = getattr(self.trainer.strategy, "model", None)
             if type(self.trainer.strategy).__name__ == "FSDPStrategy" and hasattr(root, "clip_grad_norm_"):

@@ -122,7 +122,7 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         label_smoothing_factor: float = 0.0,
         neftune_noise_alpha: float | None = None,
         adversarial: dict[str, Any] | None = None,
-        optim: OptimName = "adamw_torch",
+        optim: OptimName = "adamw_torch_fused",
         optim_args: dict[str, Any] | None = None,
         optim_target_modules: list[str] | str | None = None,
         learning_rate: float = 5e-5,
@@ -298,19 +298,20 @@ class HFLightningModule(EvaluationMixin, AccumulationMixin, pl.LightningModule):
         self.start_micro_batch(batch_idx)
         result = self.compute_loss(batch)
         self.current_items = result.items
-        loss_sum = result.loss * result.items
+        loss_sum = result.loss.detach() * result.items
         self.train_window.add(result.items, loss_sum)
         if self.adversarial is None:  # FGM is refused in setup where backward is deferred (DeepSpeed)
             return self.item_mean_return(result.loss, result.items)
         from hf_lightning.adversarial import fgm_attack
 
-        self.backward_now(loss_sum)
+        self.backward_now(self.item_sum(result.loss, result.items))
         with fgm_attack(self.model, self.adversarial["epsilon"], self.adversarial["emb_name"]):
             adv = self.compute_loss(batch)
-            self.backward_now(adv.loss * adv.items)
-        return loss_sum.detach()
+            self.backward_now(self.item_sum(adv.loss, adv.items))
+        return loss_sum
 
     def on_train_start(self) -> None:
+        self.forget_parameters()  # the strategy may have wrapped or sharded them since the last fit
         self.use_own_gradient_sync()
         if self.neftune_noise_alpha:
             from hf_lightning.neftune import activate_neftune

@@ -158,7 +158,7 @@ def decay_parameter_groups(
 
 def build_optimizer(
     module: nn.Module,
-    optim: str = "adamw_torch",
+    optim: str = "adamw_torch_fused",
     learning_rate: float = 5e-5,
     weight_decay: float = 0.0,
     adam_beta1: float = 0.9,

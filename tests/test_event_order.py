@@ -160,3 +160,22 @@ def test_event_sequence_matches_transformers(case: str, cls_dataset, demo_tokeni
 def test_event_table_covers_every_trainer_callback_event() -> None:
     assert set(HF_EVENTS) == set(EVENTS), set(EVENTS) ^ set(HF_EVENTS)
     assert all(HF_EVENTS.values()), "every event says where it fires"
+
+
+def test_skipped_step_events_only_dispatch_in_transformers() -> None:
+    """The bridge skips these events when no callback overrides them; that is only right while
+    transformers' CallbackHandler does nothing of its own in them (as it does in on_step_begin)."""
+    from transformers import TrainerControl, TrainerState
+    from transformers.trainer_callback import CallbackHandler
+
+    from hf_lightning.callbacks.hf_bridge import SKIPPABLE_STEP_EVENTS
+
+    assert "on_step_begin" not in SKIPPABLE_STEP_EVENTS
+    handler = CallbackHandler([TrainerCallback()], None, None, None, None)
+    for name in sorted(SKIPPABLE_STEP_EVENTS):
+        control = TrainerControl(should_log=True, should_evaluate=True, should_save=True, should_epoch_stop=True)
+        before = copy.deepcopy(control)
+        state = TrainerState()
+        returned = getattr(handler, name)(None, state, control)
+        assert returned == before, f"CallbackHandler.{name} now changes control: remove it from SKIPPABLE_STEP_EVENTS"
+        assert state == TrainerState(), f"CallbackHandler.{name} now changes state"

@@ -57,8 +57,11 @@ def update_best_metric(args: Any, state: TrainerState, metrics: dict[str, float]
     return True
 
 
-# Events fired on every step or micro-batch; skipped when no callback overrides them.
-_PER_STEP_EVENTS = frozenset({"on_step_begin", "on_pre_optimizer_step", "on_optimizer_step", "on_substep_end"})
+# Events fired on every step or micro-batch whose CallbackHandler method only dispatches to the
+# callbacks; skipped when no callback overrides them. (``on_step_begin`` is not here: the handler also
+# clears the log/evaluate/save flags, and is always called so that its own code runs, whatever it
+# becomes. tests/test_lightning_compat.py checks that these handler methods leave control untouched.)
+SKIPPABLE_STEP_EVENTS = frozenset({"on_pre_optimizer_step", "on_optimizer_step", "on_substep_end"})
 
 
 def _any_overrides(callbacks: list[Any], name: str) -> bool:
@@ -110,12 +113,8 @@ class HFCallbackBridge(pl.Callback):
     def _event(self, name: str, **kwargs: Any) -> None:
         host = self.host
         handler = host.callback_handler
-        if name in _PER_STEP_EVENTS and not _any_overrides(handler.callbacks, name):
-            # Nothing listens: skip HF's dispatch (a call per callback with nine keyword arguments),
-            # keeping what the handler itself does before dispatching (on_step_begin clears flags).
-            if name == "on_step_begin":
-                host.control.should_log = host.control.should_evaluate = host.control.should_save = False
-            return
+        if name in SKIPPABLE_STEP_EVENTS and not _any_overrides(handler.callbacks, name):
+            return  # nothing listens: skip HF's dispatch (a call per callback with nine keyword arguments)
         host.control = getattr(handler, name)(host.args, host.state, host.control, **kwargs)
 
     def _refs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

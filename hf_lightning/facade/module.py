@@ -109,7 +109,7 @@ class TrainerModule(HFLightningModule):
         if self.backward_deferred:
             self._defer(self.item_mean_return(loss, items))  # Lightning's closure runs it
         else:
-            self.backward_now(loss * items)
+            self.backward_now(self.item_sum(loss, items))
 
     def _defer(self, to_return: torch.Tensor) -> None:
         """Keep a backward for the single one Lightning runs on what ``training_step`` returns.
@@ -157,8 +157,8 @@ class TrainerModule(HFLightningModule):
         """Optimizer-step bookkeeping for a literal window: gradients stay as the user made them."""
         _, loss = self.train_window.close(self.device)  # resets the counter (a collective)
         if self.grads_synced_here:
-            all_reduce_gradients(self.parameters())
-            scale_gradients(self.parameters(), 1.0 / self.trainer.world_size)  # DDP averages over ranks
+            all_reduce_gradients(self.gradient_parameters())
+            scale_gradients(self.gradient_parameters(), 1.0 / self.trainer.world_size)  # DDP averages over ranks
         self.record_step(loss, optimizer.param_groups[0]["lr"])
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:

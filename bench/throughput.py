@@ -251,7 +251,15 @@ def interleaved(runners: list[str], preset: str, repeat: int, in_process: bool =
         for key in ("tokens_per_s", "step_ms", "cpu_step_ms", "peak_mib", "wall_s"):
             best[key] = _median([r[key] for r in good])
         best["repeats"] = len(good)
+        best["cpu_step_ms_rounds"] = [r.get("cpu_step_ms") if "error" not in r else None for r in runs[runner]]
         rows.append(best)
+    for row in rows:  # each round's ratio to the baselines run next to it: drift between rounds cancels
+        for base in ("raw", "transformers"):
+            pairs = zip(row.get("cpu_step_ms_rounds", []), runs.get(base, []))
+            ratios = [mine / other["cpu_step_ms"] for mine, other in pairs if mine and "error" not in other]
+            if ratios:
+                row[f"cpu_x_{base}_rounds"] = ratios
+                row[f"cpu_x_{base}"] = _median(ratios)
     return rows
 
 
@@ -285,14 +293,24 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def cpu_table(rows: list[dict[str, Any]]) -> str:
-    """CPU time per optimizer step and its ratio to raw's and transformers' (1.05x = 5% more host+compute time)."""
+    """CPU time per optimizer step and its ratio to raw's and transformers' (1.05x = 5% more host+compute time).
+
+    A ratio is the median over rounds of this runner's step time over the baseline's in the same round
+    (runs next to each other share the machine's state; a slow spell then moves both), with the
+    rounds' lowest and highest ratio beside it.
+    """
     ok = {r["runner"]: r for r in rows if "error" not in r and "cpu_step_ms" in r}
-    lines = ["| runner | CPU ms/step | x raw | x transformers |", "| --- | ---: | ---: | ---: |"]
+    lines = ["| runner | CPU ms/step | x raw | x transformers | x transformers, rounds' range |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    def ratio(row: dict[str, Any], base: str) -> str:
+        if f"cpu_x_{base}" in row:
+            return f"{row[f'cpu_x_{base}']:.3f}"
+        return f"{row['cpu_step_ms'] / ok[base]['cpu_step_ms']:.3f}" if base in ok else "n/a"
+
     for name, row in ok.items():
-        raw, hf = ok.get("raw"), ok.get("transformers")
-        x_raw = f"{row['cpu_step_ms'] / raw['cpu_step_ms']:.3f}" if raw else "n/a"
-        x_hf = f"{row['cpu_step_ms'] / hf['cpu_step_ms']:.3f}" if hf else "n/a"
-        lines.append(f"| {name} | {row['cpu_step_ms']:.1f} | {x_raw} | {x_hf} |")
+        spread = row.get("cpu_x_transformers_rounds")
+        span = f"{min(spread):.3f}-{max(spread):.3f}" if spread else "n/a"
+        lines.append(f"| {name} | {row['cpu_step_ms']:.1f} | {ratio(row, 'raw')} | {ratio(row, 'transformers')} | {span} |")
     return "\n".join(lines)
 
 

@@ -34,8 +34,20 @@ def test_cpu_time_table_gives_step_cost_as_a_multiple_of_raw_and_transformers() 
     rows = [{"runner": "raw", "cpu_step_ms": 30.0}, {"runner": "transformers", "cpu_step_ms": 33.9},
             {"runner": "hf_lightning", "cpu_step_ms": 30.6}, {"runner": "hf_lightning-fsdp", "error": ["CUDA required"]}]
     lines = _bench_module().cpu_table(rows).splitlines()
-    assert lines[4] == "| hf_lightning | 30.6 | 1.020 | 0.903 |"
+    assert lines[4] == "| hf_lightning | 30.6 | 1.020 | 0.903 | n/a |"
     assert len(lines) == 5  # failed runners have no CPU time
+
+
+def test_cpu_ratios_pair_each_round_with_the_baselines_run_beside_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine that slows down between rounds moves every runner of that round, not the ratios."""
+    bench = _bench_module()
+    times = iter([10.0, 11.0, 10.5, 20.0, 22.0, 21.0, 30.0, 33.0, 31.5])  # rounds 2 and 3 on a slower machine
+    monkeypatch.setattr(bench, "_in_process", lambda runner, preset: {"runner": runner, "tokens_per_s": 1.0,
+                        "step_ms": 1.0, "cpu_step_ms": next(times), "peak_mib": 1.0, "wall_s": 1.0})
+    rows = bench.interleaved(["raw", "transformers", "hf_lightning"], "smoke", 3, in_process=True)
+    ours = rows[2]
+    assert ours["cpu_x_raw"] == pytest.approx(1.05) and ours["cpu_x_transformers"] == pytest.approx(10.5 / 11)
+    assert bench.cpu_table(rows).splitlines()[4] == "| hf_lightning | 21.0 | 1.050 | 0.955 | 0.955-0.955 |"
 
 
 @pytest.mark.parametrize("preset", ["smoke", "smoke-bert"])

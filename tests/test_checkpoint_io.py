@@ -265,3 +265,57 @@ def test_atomic_file_writes(tmp_path):
     atomic_write_bytes(tmp_path / "x.txt", b"two")
     assert (tmp_path / "x.txt").read_bytes() == b"two"
     assert _hidden(tmp_path) == []
+
+
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch, fail_on: str | None = None) -> list[tuple[str, str]]:
+    """Wrap os.fsync to note (file name, thread name) of each call; optionally fail like a full disk."""
+    import errno
+    import threading
+
+    calls: list[tuple[str, str]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        calls.append((name, threading.current_thread().name))
+        if fail_on is not None and name == fail_on:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_a_finished_file_is_made_durable_in_the_background_while_the_folder_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hf_lightning.checkpoint_io import torch_save_file
+
+    calls = _record_fsyncs(monkeypatch)
+    final = tmp_path / "checkpoint-3"
+    with atomic_directory(final) as tmp:
+        torch_save_file({"w": torch.ones(1000)}, tmp / "optimizer.pt")  # synced at once, in the background
+        torch_save_file({"w": torch.ones(10)}, tmp / "scheduler.pt")
+        (tmp / "scheduler.pt").write_bytes(b"rewritten after its early fsync")  # synced again if it ran before
+        (tmp / "config.json").write_text("{}")  # not written by torch_save_file: synced at the end
+    by_file = {name: [thread for n, thread in calls if n == name] for name, _ in calls}
+    assert len(by_file["optimizer.pt"]) == 1 and by_file["optimizer.pt"][0].startswith("hf_lightning-fsync")
+    assert len(by_file["scheduler.pt"]) in (1, 2) and len(by_file["config.json"]) == 1
+    marker = json.loads((final / ".complete").read_text())
+    assert marker["files"]["scheduler.pt"] == len(b"rewritten after its early fsync")
+    assert is_complete_checkpoint(final)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_a_failed_background_fsync_is_a_one_line_write_error_and_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hf_lightning.checkpoint_io import CheckpointWriteError, torch_save_file
+
+    _record_fsyncs(monkeypatch, fail_on="optimizer.pt")
+    final = tmp_path / "checkpoint-3"
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        with atomic_directory(final) as tmp:
+            torch_save_file({"w": torch.ones(1000)}, tmp / "optimizer.pt")
+    assert not final.exists() and not list(tmp_path.iterdir())

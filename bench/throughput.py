@@ -219,7 +219,8 @@ def run(runner: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- table
 def _subprocess(runner: str, preset: str) -> dict[str, Any]:
     """One runner in a fresh process: its JSON row, or ``{"runner", "error"}``."""
-    cmd = [sys.executable, __file__, "--runner", runner, "--preset", preset, "--json"]
+    cmd = [sys.executable, __file__, "--runner", runner, "--preset", preset, "--json",
+           "--steps", str(PRESETS[preset]["steps"])]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -320,12 +321,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runner", help="run one runner in this process")
     parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated runners for the table")
     parser.add_argument("--repeat", type=int, default=3, help="processes per runner, run round-robin; the median is reported")
+    parser.add_argument("--steps", type=int, help="timed optimizer steps per run (default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print one JSON line (with --runner)")
     parser.add_argument("--output", help="also write the rows as JSON here")
     parser.add_argument("--in-process", action="store_true",
                         help="run the runners in this process, still round-robin (libraries imported once: "
                              "step times only, peak memory is shared)")
     args = parser.parse_args(argv)
+    if args.steps:
+        PRESETS[args.preset] = {**PRESETS[args.preset], "steps": args.steps}
     cfg = PRESETS[args.preset]
     if args.runner:
         import tempfile

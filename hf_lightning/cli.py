@@ -8,6 +8,8 @@ traceback; and the trainer defaults that exact resume and HF export need are swi
 
 from __future__ import annotations
 
+import atexit
+import gc
 import re
 import sys
 from typing import Any, NoReturn
@@ -215,6 +217,10 @@ def _exit_one_line(message: str) -> NoReturn:
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point (``hf-lightning``, ``python -m hf_lightning``)."""
+    # At exit the interpreter's last garbage collections walk every object that torch, transformers and
+    # Lightning created: 2 s of the quickstart's 26 s. Freezing them (run after every other exit
+    # handler) skips that walk; memory goes back to the system with the process anyway.
+    atexit.register(gc.freeze)
     run_cli(args)
 
 

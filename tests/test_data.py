@@ -425,3 +425,24 @@ def test_tag_padding_collator_pads_tags_to_the_input_length(tokenizer: str) -> N
     )
     assert batch["ner_labels"].tolist() == [[-100, 1, -100], [-100, -100, -100]]
     assert batch["labels"].tolist() == [0, 1] and batch["input_ids"].shape == (2, 3)
+
+
+def test_the_tokenisation_fingerprint_ignores_the_attached_trainer(tmp_path: Path, tokenizer: str) -> None:
+    """datasets fingerprints ``map(self._tokenize)`` by pickling the data module: the trainer (and the
+    model and optimizer in it) must not be part of it, or every run pays for pickling them (1.7 s of
+    the quickstart) and the fingerprint changes with the model."""
+    import pickle
+
+    import lightning.pytorch as pl
+    from datasets.fingerprint import Hasher
+
+    from tests.conftest import tiny_bert_classifier
+
+    dm = make(tokenizer, write(tmp_path / "train.csv", ROWS))
+    dm.setup()
+    alone = Hasher.hash(dm._tokenize)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(tiny_bert_classifier(len(dm.tokenizer)))
+    dm.trainer = trainer
+    assert Hasher.hash(dm._tokenize) == alone
+    assert pickle.loads(pickle.dumps(dm)).trainer is None and dm.trainer is trainer

@@ -66,3 +66,17 @@ def test_plain_fit_imports_no_unused_integration_and_prints_no_foreign_warning(t
     foreign = [ln for ln in output.splitlines()
                if re.search(r"warn|deprecat|skipping publisher|setting accelerator", ln, re.IGNORECASE)]
     assert foreign == [], "\n".join(foreign)
+
+
+def test_the_console_command_skips_the_exit_time_garbage_walk(tmp_path: Path) -> None:
+    """``hf-lightning`` freezes the heap once every other exit handler has run (2 s of the quickstart's exit)."""
+    code = (
+        "import atexit, gc\n"
+        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"  # runs after main's
+        "from hf_lightning.cli import main\n"
+        "main(['--help'])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "frozen at exit: True" in run.stdout

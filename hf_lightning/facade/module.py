@@ -83,7 +83,8 @@ class TrainerModule(HFLightningModule):
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.start_micro_batch(batch_idx)
-        self.model.train()
+        if not self.model.training:  # back from an evaluation; HF's own training_step calls train() anyway
+            self.model.train()
         items = self.count_items(batch)
         self.current_items = items
         self.host._track_num_input_tokens(batch)  # include_num_input_tokens_seen (transformers' own counter)

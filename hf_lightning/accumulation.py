@@ -330,11 +330,14 @@ class AccumulationMixin(pl.LightningModule):
     def gradient_parameters(self) -> list[torch.nn.Parameter]:
         """``self.parameters()`` as a list, built once per fit (walking the module tree on every step costs).
 
-        Refreshed at train start (:meth:`forget_parameters`), after the strategy has wrapped or sharded them.
+        Refreshed at train start (:meth:`forget_parameters`), after the strategy has wrapped or sharded
+        them, and whenever the first parameter is no longer the cached one (a strategy that replaced the
+        parameters in a later fit of a module whose ``on_train_start`` does not call ours).
         """
-        if self._parameter_list is None:
-            self._parameter_list = list(self.parameters())
-        return self._parameter_list
+        cached = self._parameter_list
+        if not cached or cached[0] is not next(self.parameters(), None):
+            cached = self._parameter_list = list(self.parameters())
+        return cached
 
     def forget_parameters(self) -> None:
         """Drop the cached parameter list (call when parameters may have been replaced)."""

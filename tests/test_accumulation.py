@@ -97,3 +97,26 @@ def test_exact_across_two_ddp_processes(tmp_path: Path) -> None:
     module.load_state_dict(result["initial"])
     reference = reference_grads(module, _big_batch(data, tok, list(range(8))))
     assert _max_diff(result["grads"], reference) <= 1e-5
+
+
+def test_a_one_batch_window_backpropagates_the_mean_without_a_rescale() -> None:
+    """accumulate=1 on one process: the per-item mean goes to backward as is (transformers' way) and the
+    gradients equal the whole batch's mean-loss gradients; nothing is rescaled at the step."""
+    data, tok = causal_lm_dataset(8)
+    module = _module(len(tok))
+    reference = reference_grads(_module(len(tok)), _big_batch(data, tok, list(range(8))))
+    grads = _run(module, data, tok, batch_size=8, accumulate=1, steps=1)[0]
+    assert module.window_is_one_batch
+    assert _max_diff(grads, reference) <= 1e-6
+
+
+def test_the_cached_parameter_list_follows_replaced_parameters() -> None:
+    """A strategy that re-registers every parameter (as FSDP2 does) in a later fit is seen at the next step."""
+    module = _module(100)
+    before = module.gradient_parameters()
+    assert before == list(module.parameters()) and module.gradient_parameters() is before  # built once
+    for sub in module.modules():
+        for name, param in list(sub.named_parameters(recurse=False)):
+            setattr(sub, name, torch.nn.Parameter(param.detach().clone()))
+    after = module.gradient_parameters()
+    assert all(a is b for a, b in zip(after, module.parameters())) and not any(a is b for a, b in zip(after, before))

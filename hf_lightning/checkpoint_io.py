@@ -297,7 +297,8 @@ def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = Non
     if tmp.exists():  # left by an earlier crashed attempt of a process that had our pid
         shutil.rmtree(tmp)
     tmp.mkdir()
-    early = _EarlySync(tmp.resolve())
+    root = tmp.resolve()  # the paths sync_soon is handed are resolved too
+    early = _EarlySync(root)
     token = _EARLY_SYNC.set(early)
     try:
         try:
@@ -307,7 +308,7 @@ def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = Non
             raise
         finally:
             _EARLY_SYNC.reset(token)
-        manifest = _fsync_tree(tmp.resolve(), early.finish())
+        manifest = _fsync_tree(root, early.finish())
         step = re.search(r"-(\d+)$", final.name)
         marker: dict[str, Any] = {"step": int(step.group(1)) if step else None, "time": time.time()}
         marker.update(metadata or {})

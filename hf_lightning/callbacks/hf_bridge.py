@@ -60,7 +60,7 @@ def update_best_metric(args: Any, state: TrainerState, metrics: dict[str, float]
 # Events fired on every step or micro-batch whose CallbackHandler method only dispatches to the
 # callbacks; skipped when no callback overrides them. (``on_step_begin`` is not here: the handler also
 # clears the log/evaluate/save flags, and is always called so that its own code runs, whatever it
-# becomes. tests/test_lightning_compat.py checks that these handler methods leave control untouched.)
+# becomes. tests/test_event_order.py checks that these handler methods leave control untouched.)
 SKIPPABLE_STEP_EVENTS = frozenset({"on_pre_optimizer_step", "on_optimizer_step", "on_substep_end"})
 
 

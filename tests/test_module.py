@@ -219,3 +219,17 @@ def test_compute_metrics_joins_the_streaming_metrics(task_files, demo_assets) ->
     rows = len(data.dataset("validation"))
     assert seen["shapes"] == ((rows,), (rows,))
     assert metrics["eval_agreement"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)
+
+
+def test_default_optimizer_is_transformers_default(tmp_path: Path) -> None:
+    """The native module steps what transformers.Trainer steps by default (fused AdamW on this torch),
+    so that the two front doors and transformers compare on the same kernel."""
+    import inspect
+
+    from hf_lightning.optim import build_optimizer
+
+    hf_default = str(transformers.TrainingArguments(output_dir=str(tmp_path)).optim.value)
+    assert inspect.signature(HFLightningModule.__init__).parameters["optim"].default == hf_default
+    assert inspect.signature(build_optimizer).parameters["optim"].default == hf_default
+    optimizer = build_optimizer(torch.nn.Linear(4, 2))
+    assert optimizer.defaults.get("fused") is (hf_default == "adamw_torch_fused")

@@ -2,12 +2,15 @@
 
 Both trainers train the same BERT classifier (about 25 M parameters at the default size, so writing
 dominates) with AdamW, saving at every step; the time of each save call is recorded (transformers:
-``Trainer._save_checkpoint``; hf_lightning: ``Trainer.save_during_training``, which writes the HF folder,
-the resume state, fsyncs every file and renames the folder into place atomically). The runners alternate
+``Trainer._save_checkpoint``; hf_lightning: ``Trainer.save_during_training``, which writes the HF folder and
+the resume state, renames the folder into place atomically and fsyncs it in a background thread). A second
+column counts until the bytes are on disk: the save calls plus the final ``os.sync()`` (and, for
+hf_lightning, the end of training's wait for its background fsyncs), per save. The runners alternate
 ``--repeat`` times; each row is the median over that runner's saves, the ratio the median of per-round
 ratios. ``--profile`` prints where hf_lightning's save spends its time (cProfile, cumulative).
 
     python bench/checkpoint_cost.py                    # 25 M parameters, 3 rounds x 3 saves
+    python bench/checkpoint_cost.py --train-seconds 2  # saves 2 s of training apart, not back to back
     python bench/checkpoint_cost.py --hidden 32 --layers 1 --repeat 1 --saves 2   # the smoke test
 """
 
@@ -34,8 +37,23 @@ def _folder_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def run_one(runner: str, hidden: int, layers: int, saves: int, root: Path, profile: bool = False) -> dict[str, Any]:
-    """Train ``saves`` steps with a checkpoint after each; the save calls' times in seconds."""
+def _pause_callback(seconds: float) -> Any:
+    import transformers
+
+    class Pause(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            time.sleep(seconds)
+
+    return Pause()
+
+
+def run_one(runner: str, hidden: int, layers: int, saves: int, root: Path, profile: bool = False,
+            train_seconds: float = 0.0) -> dict[str, Any]:
+    """Train ``saves`` steps with a checkpoint after each; the save calls' times in seconds.
+
+    ``train_seconds``: extra time each step takes before its save (idle here), as when a real run saves
+    every few hundred steps and the disk has finished the previous checkpoint by the next one.
+    """
     import torch
     import transformers
 
@@ -56,7 +74,8 @@ def run_one(runner: str, hidden: int, layers: int, saves: int, root: Path, profi
     args = args_cls(output_dir=str(out), report_to="none", use_cpu=True, max_steps=saves, per_device_train_batch_size=2,
                     save_strategy="steps", save_steps=1, save_total_limit=2, logging_strategy="no",
                     disable_tqdm=True, dataloader_num_workers=0, seed=0)
-    trainer = trainer_cls(model=model, args=args, train_dataset=data)
+    pause = _pause_callback(train_seconds)
+    trainer = trainer_cls(model=model, args=args, train_dataset=data, callbacks=[pause] if train_seconds else None)
     original = getattr(trainer, method)
     times: list[float] = []
     profiler = cProfile.Profile() if profile else None
@@ -73,11 +92,31 @@ def run_one(runner: str, hidden: int, layers: int, saves: int, root: Path, profi
             times.append(time.perf_counter() - start)
 
     setattr(trainer, method, timed)
+    final_waits: list[float] = []
+    patched: Any = None
+    if runner == "hf_lightning":
+        # The end of train() waits for the fsyncs still running in the background: part of "on disk".
+        from hf_lightning.facade import fit
+
+        patched, wait = fit, fit.wait_for_durability
+
+        def timed_wait(*a: Any, **k: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return wait(*a, **k)
+            finally:
+                final_waits.append(time.perf_counter() - start)
+
+        fit.wait_for_durability = timed_wait
     os.sync()  # start from a clean page cache: no runner pays for the writeback of the one before it
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        if patched is not None:
+            patched.wait_for_durability = wait
     start = time.perf_counter()
-    os.sync()  # what is still only in memory: transformers does not fsync, hf_lightning already has
-    settle = time.perf_counter() - start
+    os.sync()  # what is still only in memory: transformers never fsyncs; hf_lightning's last fsyncs were awaited
+    settle = time.perf_counter() - start + sum(final_waits)
     folder = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     row = {"runner": runner, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
            "saves": len(times), "save_s": statistics.median(times), "settle_s": settle,
@@ -97,6 +136,8 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=3, help="checkpoints per run (one per step)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--train-seconds", type=float, default=0.0,
+                        help="extra seconds per training step before each save (0: back-to-back saves, the worst case)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
@@ -108,7 +149,8 @@ def main() -> None:
             for runner in RUNNERS:
                 target = root / str(round_)
                 rows[runner].append(run_one(runner, args.hidden, args.layers, args.saves, target,
-                                            profile=args.profile and runner == "hf_lightning" and round_ == 0))
+                                            profile=args.profile and runner == "hf_lightning" and round_ == 0,
+                                            train_seconds=args.train_seconds))
                 shutil.rmtree(target / runner, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -8,6 +8,13 @@ would pick it as the latest and fail, or worse, load garbage. The rules used her
   are fsynced, then a ``.complete`` marker (JSON: step, time, a size manifest of the files) is
   written last, and only then is the directory renamed to its final name. Rename is atomic within a
   file system, so readers see either the old state or the whole new checkpoint.
+* Training checkpoints (``sync="background"``) are renamed into place as soon as they are written
+  and made durable by a background thread right after, as the next step trains: a killed *process*
+  cannot hurt them (its writes are in the kernel's page cache), and what a *power loss* in that
+  fraction of a second can leave is a file shorter than the manifest says, which resume skips.
+  Anything that deletes an older checkpoint (rotation) runs in that thread only once the new one is
+  durable, so a durable checkpoint always remains. :func:`wait_for_durability` waits for it (the
+  trainer does at the end of training) and reports a failed fsync as :class:`CheckpointWriteError`.
 * A directory counts as a checkpoint only if its marker is present and every file the manifest
   names still has the recorded size (:func:`is_complete_checkpoint`).
 * Deleting is also done by renaming to a hidden ``.tmp-`` name first, so a crash mid-delete leaves
@@ -28,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -52,6 +60,7 @@ __all__ = [
     "rotate_checkpoints",
     "torch_save_file",
     "validate_resume_path",
+    "wait_for_durability",
 ]
 
 #: Name of the marker written last into a finished checkpoint directory.
@@ -116,19 +125,27 @@ def _fsync_tree(root: Path, synced: dict[Path, int] | None = None) -> dict[str, 
 
     ``synced`` holds files already made durable while the folder was being written (see
     :class:`_EarlySync`) with their sizes then; they are not fsynced again unless they have changed.
+    The ``.complete`` marker is left out (it is written, and made durable, by its writer).
     """
     synced = synced or {}
+    manifest = _sizes(root)
+    for relative, size in manifest.items():
+        path = root / relative
+        if synced.get(path) != size:
+            manifest[relative] = _fsync_file(path)
+    for dirpath, _dirnames, _filenames in os.walk(root):
+        _fsync_dir(Path(dirpath))
+    return manifest
+
+
+def _sizes(root: Path) -> dict[str, int]:
+    """The manifest ``{relative path: size}`` of ``root`` without making anything durable."""
     manifest: dict[str, int] = {}
     for dirpath, _dirnames, filenames in os.walk(root):
         for filename in filenames:
             file_path = Path(dirpath, filename)
-            if file_path == root / COMPLETE_MARKER:
-                continue  # rewritten by atomic_directory itself; its old size must not be recorded
-            size = file_path.stat().st_size
-            if synced.get(file_path) != size:
-                size = _fsync_file(file_path)
-            manifest[file_path.relative_to(root).as_posix()] = size
-        _fsync_dir(Path(dirpath))
+            if file_path != root / COMPLETE_MARKER:
+                manifest[file_path.relative_to(root).as_posix()] = file_path.stat().st_size
     return manifest
 
 
@@ -171,6 +188,82 @@ def sync_soon(path: PathLike) -> None:
     early = _EARLY_SYNC.get()
     if early is not None:
         early.submit(Path(path).resolve())
+
+
+class _NotDurable(Exception):
+    """A renamed-in-place folder whose fsync failed; carries the ``OSError``."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _make_durable(final: Path, old: Path | None, after: Callable[[], Any] | None) -> None:
+    """The background half of a ``sync="background"`` folder: fsync it all, then drop what it replaced."""
+    try:
+        _fsync_file(final / COMPLETE_MARKER)
+        _fsync_tree(final)
+        _fsync_dir(final.parent)
+    except FileNotFoundError:
+        pass  # moved or deleted by other code (an on_save callback): not a disk failure, nothing left to sync
+    except OSError as err:
+        raise _NotDurable(err) from err
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    if after is not None:
+        after()
+
+
+class _DurabilityQueue:
+    """Checkpoint folders already in place whose bytes are still on their way to the disk, oldest first.
+
+    One worker thread (``os.fsync`` releases the GIL), so folders become durable, and rotations run,
+    in the order they were saved. Recreated after a fork: a forked child has the executor but not its
+    thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        self._pid = -1
+        self._pending: list[tuple[Path, Any]] = []
+
+    def submit(self, final: Path, old: Path | None, after: Callable[[], Any] | None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf_lightning-durable")
+                self._pid, self._pending = os.getpid(), []
+            self._pending.append((final, self._pool.submit(_make_durable, final, old, after)))
+
+    def wait(self, keep: int = 0) -> None:
+        while True:
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._pending = []
+                if len(self._pending) <= keep:
+                    return
+                final, future = self._pending.pop(0)
+            try:
+                future.result()
+            except _NotDurable as err:
+                if final.is_dir():  # not trusted after a failed fsync; earlier checkpoints are untouched
+                    with contextlib.suppress(OSError):
+                        _remove_dir(final)
+                raise write_failure(final, err.cause) from err.cause
+
+
+_DURABILITY = _DurabilityQueue()
+
+
+def wait_for_durability(keep: int = 0) -> None:
+    """Block until at most ``keep`` checkpoint folders saved with ``sync="background"`` are not yet durable.
+
+    Also runs out what waits on them (rotation). A folder whose fsync failed (a dying disk) is removed
+    and reported as the one-line :class:`CheckpointWriteError`; the checkpoints before it stay.
+    """
+    _DURABILITY.wait(keep)
 
 
 def _unique_hidden(parent: Path, name: str, suffix: str) -> Path:
@@ -254,21 +347,23 @@ class _ReportingWriter:
         self.handle.flush()
 
 
-def _atomic_write(path: PathLike, write: Callable[[Any], Any]) -> Path:
-    """Write through ``write(handle)`` into a temporary sibling, fsync, then rename into place."""
+def _atomic_write(path: PathLike, write: Callable[[Any], Any], durable: bool = True) -> Path:
+    """Write through ``write(handle)`` into a temporary sibling, fsync (if ``durable``), then rename into place."""
     target = Path(path)
     tmp = target.parent / f"{TMP_PREFIX}{target.name}-{os.getpid()}"
     try:
         with open(tmp, "wb") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
     return target
 
 
@@ -279,7 +374,12 @@ def checkpoint_step(path: PathLike, prefix: str = "checkpoint") -> int | None:
 
 
 @contextlib.contextmanager
-def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = None) -> Iterator[Path]:
+def atomic_directory(
+    final_path: PathLike,
+    metadata: dict[str, Any] | None = None,
+    sync: str = "before_rename",
+    after_sync: Callable[[], Any] | None = None,
+) -> Iterator[Path]:
     """Build a directory in a temporary sibling and move it to ``final_path`` only if the block succeeds.
 
     Yields the temporary directory to write into. On a clean exit every file is fsynced, the
@@ -289,8 +389,15 @@ def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = Non
     block raises, the temporary directory is removed and ``final_path`` is untouched; a failed write
     (``OSError``: disk full, ``RLIMIT_FSIZE``) is re-raised as one-line :class:`CheckpointWriteError`.
 
+    ``sync="background"`` (training checkpoints) renames first and fsyncs in a background thread, then
+    deletes the replaced folder and runs ``after_sync`` (rotation) there: a save then costs what writing
+    the bytes costs, not the disk's time to store them (see the module docstring for what stays safe).
+
     Only one process may write a given ``final_path`` at a time (in DDP: rank 0).
     """
+    if sync not in ("before_rename", "background"):
+        raise ValueError(f"sync must be 'before_rename' or 'background', not {sync!r}")
+    background = sync == "background"
     final = Path(final_path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
@@ -298,24 +405,26 @@ def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = Non
         shutil.rmtree(tmp)
     tmp.mkdir()
     root = tmp.resolve()  # the paths sync_soon is handed are resolved too
-    early = _EarlySync(root)
+    early = None if background else _EarlySync(root)
     token = _EARLY_SYNC.set(early)
     try:
         try:
             yield tmp
         except BaseException:
-            early.abandon()  # the block's own error is the one to report
+            if early is not None:
+                early.abandon()  # the block's own error is the one to report
             raise
         finally:
             _EARLY_SYNC.reset(token)
-        manifest = _fsync_tree(root, early.finish())
+        manifest = _sizes(root) if early is None else _fsync_tree(root, early.finish())
         step = re.search(r"-(\d+)$", final.name)
         marker: dict[str, Any] = {"step": int(step.group(1)) if step else None, "time": time.time()}
         marker.update(metadata or {})
         marker["files"] = manifest
         # Through a rename: a crash mid-write must not leave an empty marker, which would read as a
         # user vouching for the directory (see _read_marker).
-        _atomic_write(tmp / COMPLETE_MARKER, lambda handle: handle.write(json.dumps(marker).encode()))
+        _atomic_write(tmp / COMPLETE_MARKER, lambda handle: handle.write(json.dumps(marker).encode()),
+                      durable=not background)
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
         cause = _os_error(err)
@@ -331,9 +440,14 @@ def atomic_directory(final_path: PathLike, metadata: dict[str, Any] | None = Non
         old = _unique_hidden(final.parent, final.name, _OLD_SUFFIX)
         os.replace(final, old)
     os.replace(tmp, final)
+    if background:
+        _DURABILITY.submit(final, old, after_sync)
+        return
     _fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    if after_sync is not None:
+        after_sync()
 
 
 def _os_error(err: BaseException) -> OSError | None:

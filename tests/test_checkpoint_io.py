@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -34,24 +35,28 @@ __all__: list[str] = []
 
 # Writes checkpoints forever: every name twice (so replacing an existing checkpoint is exercised),
 # rotating down to 3 with checkpoint-0 protected, and a pointer file written with atomic_write_bytes.
+# sys.argv[3] is atomic_directory's sync mode; "background" rotates as training checkpoints do (after the
+# new folder is durable, in the background thread, with one earlier folder allowed to be still in flight).
 _WRITER = r"""
-import hashlib, json, os, random, sys
+import functools, hashlib, json, os, random, sys
 from pathlib import Path
-from hf_lightning.checkpoint_io import atomic_directory, atomic_write_bytes, rotate_checkpoints
+from hf_lightning.checkpoint_io import atomic_directory, atomic_write_bytes, rotate_checkpoints, wait_for_durability
 
-out, i = Path(sys.argv[1]), int(sys.argv[2])
+out, i, sync = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rng = random.Random(i)
 print("ready", flush=True)
 while True:
     step = i // 2
     payload = os.urandom(rng.randint(1, 512) * 1024)
-    with atomic_directory(out / f"checkpoint-{step}", metadata={"writer": os.getpid()}) as tmp:
+    rotate = functools.partial(rotate_checkpoints, out, 3, protect=[out / "checkpoint-0"])
+    wait_for_durability(keep=1)
+    with atomic_directory(out / f"checkpoint-{step}", metadata={"writer": os.getpid()}, sync=sync,
+                          after_sync=rotate) as tmp:
         (tmp / "weights.bin").write_bytes(payload)
         (tmp / "nested").mkdir()
         (tmp / "nested" / "meta.json").write_text(
             json.dumps({"step": step, "sha": hashlib.sha256(payload).hexdigest()})
         )
-    rotate_checkpoints(out, 3, protect=[out / "checkpoint-0"])
     atomic_write_bytes(out / "last_step.txt", str(step).encode())
     i += 1
 """
@@ -70,14 +75,15 @@ def _hidden(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if p.name.startswith(TMP_PREFIX)]
 
 
-def test_sigkill_at_random_moments_never_leaves_a_half_written_checkpoint(tmp_path):
+@pytest.mark.parametrize("sync", ["before_rename", "background"])
+def test_sigkill_at_random_moments_never_leaves_a_half_written_checkpoint(tmp_path, sync):
     rng = random.Random(1234)
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     next_i = 0
     leftovers_seen = 0
     for iteration in range(8):
         proc = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(tmp_path), str(next_i)],
+            [sys.executable, "-c", _WRITER, str(tmp_path), str(next_i), sync],
             stdout=subprocess.PIPE,
             env=env,
         )
@@ -112,7 +118,9 @@ def test_sigkill_at_random_moments_never_leaves_a_half_written_checkpoint(tmp_pa
 
     assert next_i > 0, "the writer never finished a checkpoint; the test did not exercise anything"
     assert (tmp_path / "checkpoint-0").is_dir(), "rotation deleted the protected checkpoint"
-    assert len(list_checkpoints(tmp_path)) <= 4  # limit 3, plus possibly the protected one beyond it
+    # limit 3, plus possibly the protected one beyond it; in the background, the rotations of the last two
+    # saves may not have run when the writer was killed
+    assert len(list_checkpoints(tmp_path)) <= (4 if sync == "before_rename" else 6)
 
 
 def test_exception_inside_the_block_leaves_no_trace(tmp_path):
@@ -319,3 +327,97 @@ def test_a_failed_background_fsync_is_a_one_line_write_error_and_leaves_no_folde
         with atomic_directory(final) as tmp:
             torch_save_file({"w": torch.ones(1000)}, tmp / "optimizer.pt")
     assert not final.exists() and not list(tmp_path.iterdir())
+
+
+def _blocked_fsyncs(monkeypatch: pytest.MonkeyPatch, fail_on: str | None = None) -> tuple[list[tuple[str, str]], Any]:
+    """Like _record_fsyncs, but the background durability thread waits for the returned event first."""
+    import threading
+
+    release = threading.Event()
+    calls = _record_fsyncs(monkeypatch, fail_on=fail_on)
+    recording = os.fsync
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread().name.startswith("hf_lightning-durable"):
+            assert release.wait(timeout=30), "the test never released the background fsyncs"
+        recording(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls, release
+
+
+def _checkpoint(path: Path, **kwargs: Any) -> Path:
+    with atomic_directory(path, **kwargs) as tmp:
+        (tmp / "optimizer.pt").write_bytes(os.urandom(4096))
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "config.json").write_text("{}")
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_a_background_folder_is_in_place_at_once_and_rotation_waits_until_it_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functools import partial
+
+    from hf_lightning.checkpoint_io import wait_for_durability
+
+    for step in (1, 2):
+        _checkpoint(tmp_path / f"checkpoint-{step}")
+    calls, release = _blocked_fsyncs(monkeypatch)
+    rotate = partial(rotate_checkpoints, tmp_path, 1)
+    final = _checkpoint(tmp_path / "checkpoint-3", sync="background", after_sync=rotate)
+    # In place and complete before any of its bytes was fsynced; the older checkpoints are still there.
+    assert is_complete_checkpoint(final) and latest_checkpoint(tmp_path) == final
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert not [c for c in calls if c[1].startswith("hf_lightning-durable")]
+    assert not [c for c in calls if c[0] in ("optimizer.pt", "config.json", COMPLETE_MARKER)]
+
+    release.set()
+    wait_for_durability()
+    synced = {name for name, thread in calls if thread.startswith("hf_lightning-durable")}
+    assert {"optimizer.pt", "config.json", COMPLETE_MARKER, "sub", "checkpoint-3", tmp_path.name} <= synced
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3"]  # rotated only once durable
+    assert _hidden(tmp_path) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_a_failed_background_fsync_is_reported_by_the_wait_and_the_earlier_checkpoints_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functools import partial
+
+    from hf_lightning.checkpoint_io import CheckpointWriteError, wait_for_durability
+
+    earlier = _checkpoint(tmp_path / "checkpoint-1")
+    _calls, release = _blocked_fsyncs(monkeypatch, fail_on="optimizer.pt")
+    final = _checkpoint(tmp_path / "checkpoint-2", sync="background", after_sync=partial(rotate_checkpoints, tmp_path, 1))
+    release.set()
+    with pytest.raises(CheckpointWriteError, match=r"^could not write .*checkpoint-2: No space left on device") as err:
+        wait_for_durability()
+    assert "\n" not in str(err.value)
+    assert not final.exists() and _hidden(tmp_path) == []  # not trusted after a failed fsync
+    assert list_checkpoints(tmp_path) == [earlier]  # and the rotation that waited on it never ran
+    wait_for_durability()  # reported once
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_a_background_folder_that_other_code_deletes_before_it_is_durable_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from hf_lightning.checkpoint_io import wait_for_durability
+
+    _calls, release = _blocked_fsyncs(monkeypatch)
+    final = _checkpoint(tmp_path / "checkpoint-5", sync="background")
+    shutil.rmtree(final)  # e.g. an on_save callback that uploads the folder and removes it
+    release.set()
+    wait_for_durability()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_names_its_sync_modes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sync must be 'before_rename' or 'background'"):
+        with atomic_directory(tmp_path / "x", sync="later"):
+            pass

@@ -92,3 +92,37 @@ def test_training_step_copied_from_transformers_5_is_exact(tmp_path: Path, cls_d
     assert diff <= 1e-5, diff
     moved = max((base.state_dict()[k] - weights["hf_lightning"][k]).abs().max().item() for k in weights["transformers"])
     assert moved > 1e-3
+
+
+class LoadAtSave(transformers.TrainerCallback):
+    """Loads the model back from the checkpoint folder the save just wrote, inside on_save."""
+
+    def __init__(self) -> None:
+        self.loaded: list[int] = []
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+        assert model.num_labels == 2
+        self.loaded.append(state.global_step)
+
+
+def test_on_save_finds_the_checkpoint_and_train_returns_with_it_durable_and_rotated(
+    tmp_path, cls_dataset, demo_tokenizer
+):
+    from hf_lightning.checkpoint_io import TMP_PREFIX, is_complete_checkpoint
+
+    seen, kept = {}, {}
+    for name, (trainer_cls, args_cls) in IMPLEMENTATIONS.items():
+        out, probe = tmp_path / name, LoadAtSave()
+        args = args_cls(output_dir=str(out), max_steps=8, save_steps=2, save_total_limit=2, **BASE)
+        trainer = trainer_cls(model=tiny_bert_classifier(len(demo_tokenizer)), args=args, train_dataset=cls_dataset,
+                              processing_class=demo_tokenizer, callbacks=[probe])
+        trainer.train()
+        seen[name] = probe.loaded
+        kept[name] = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+    assert seen["hf_lightning"] == seen["transformers"] == [2, 4, 6, 8]
+    assert kept["hf_lightning"] == kept["transformers"] == ["checkpoint-6", "checkpoint-8"]
+    out = tmp_path / "hf_lightning"
+    assert all(is_complete_checkpoint(out / name) for name in kept["hf_lightning"])
+    assert not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]  # replaced and rotated folders gone

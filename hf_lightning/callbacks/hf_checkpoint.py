@@ -8,12 +8,15 @@ scheduler and scaler states are HF's ``optimizer.pt``/``scheduler.pt``/``scaler.
 weights only the HF model files, with HF's RNG files beside them, so ``transformers.Trainer`` resumes
 the folder too and no tensor is stored twice. The folder
 appears under its final name only once complete (``checkpoint_io.atomic_directory``), so a process
-killed at any moment never leaves a checkpoint that resume would pick but cannot load.
+killed at any moment never leaves a checkpoint that resume would pick but cannot load. Its bytes reach
+the disk in a background thread while training goes on, and rotation waits for that
+(``checkpoint_io.wait_for_durability``; the trainer waits at the end of training).
 """
 
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 
 from hf_lightning.checkpoint_interop import InteropCheckpointIO
-from hf_lightning.checkpoint_io import atomic_directory, rotate_checkpoints
+from hf_lightning.checkpoint_io import atomic_directory, rotate_checkpoints, wait_for_durability
 from hf_lightning.checkpoint_io_plugin import SafeLoadCheckpointIO
 
 __all__ = ["LIGHTNING_CKPT", "TRAINER_STATE", "save_hf_checkpoint"]
@@ -40,12 +43,24 @@ def save_hf_checkpoint(
     save_total_limit: int | None = None,
     protect: list[str | None] | None = None,
     save_only_model: bool = False,
+    sync: str = "background",
 ) -> Path:
-    """Write ``checkpoint-<step>`` (a collective: call on every rank). Returns its final path."""
+    """Write ``checkpoint-<step>`` (a collective: call on every rank). Returns its final path.
+
+    ``sync="before_rename"`` makes it durable before returning (a folder handed to other code at once).
+    """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{state.global_step}"
     rank_zero = trainer.is_global_zero
-    ctx = atomic_directory(final, metadata={"step": state.global_step}) if rank_zero else contextlib.nullcontext()
+    ctx: Any = contextlib.nullcontext()
+    if rank_zero:
+        # The previous checkpoint may still be reaching the disk; older ones report a failure here.
+        wait_for_durability(keep=1)
+        rotate = None
+        if save_total_limit:
+            rotate = partial(rotate_checkpoints, output_dir, save_total_limit, protect=[p for p in (protect or []) if p])
+        # Rotation runs once this checkpoint is durable, so a durable one always remains.
+        ctx = atomic_directory(final, metadata={"step": state.global_step}, sync=sync, after_sync=rotate)
     with ctx as tmp:
         tmp = Path(trainer.strategy.broadcast(str(tmp) if rank_zero else None))
         if not save_only_model:
@@ -61,8 +76,6 @@ def save_hf_checkpoint(
             if args is not None:
                 torch.save(args, tmp / "training_args.bin")
         trainer.strategy.barrier()
-    if rank_zero and save_total_limit:
-        rotate_checkpoints(output_dir, save_total_limit, protect=[p for p in (protect or []) if p])
     trainer.strategy.barrier()
     return final
 

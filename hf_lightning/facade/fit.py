@@ -7,6 +7,7 @@ log / evaluate / save cadence come from the bridge (``callbacks/hf_bridge.py``) 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from functools import partial
 from pathlib import Path
@@ -17,6 +18,7 @@ from transformers.trainer_utils import TrainOutput, compare_trainer_and_checkpoi
 
 from hf_lightning.callbacks.hf_bridge import HFCallbackBridge
 from hf_lightning.checkpoint_interop import InteropCheckpointIO
+from hf_lightning.checkpoint_io import wait_for_durability
 from hf_lightning.checkpoint_io_plugin import use_safe_loading
 from hf_lightning.errors import ConfigError
 from hf_lightning.facade import checkpoints, hf_resume, loaders
@@ -97,8 +99,14 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
     try:
         try:
             trainer._pl_trainer.fit(trainer._module, train_dataloaders=train_loader, ckpt_path=ckpt_path)
-        finally:
+        except BaseException:
             trainer.is_in_train = False
+            with contextlib.suppress(Exception):  # the training error is the one to report
+                wait_for_durability()
+            raise
+        trainer.is_in_train = False
+        # Every checkpoint on disk and rotated before anything reads or prunes the folder (or the run ends).
+        wait_for_durability()
         trainer.state = trainer._bridge.host.state
         trainer._bridge.begin_without_steps()  # resumed a finished run: HF still begins (and ends) training
         metrics = _train_metrics(trainer, start, trainer.num_examples(train_loader) if batches is not None else 0,

@@ -159,8 +159,9 @@ class HyperparameterSearchMixin:
         from hf_lightning.callbacks.hf_checkpoint import save_hf_checkpoint
 
         self.state.stateful_callbacks["TrainerControl"] = self.control.state()
+        # Durable before returning: Ray copies the folder into its storage and HF then deletes it.
         save_hf_checkpoint(self._pl_trainer, self._module, checkpoint_dir, self.state, args=self.args,
-                           processing_class=self.processing_class)
+                           processing_class=self.processing_class, sync="before_rename")
 
     @property
     def model_wrapped(self) -> Any:

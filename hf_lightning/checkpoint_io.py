@@ -199,15 +199,25 @@ class _NotDurable(Exception):
 
 
 def _make_durable(final: Path, old: Path | None, after: Callable[[], Any] | None) -> None:
-    """The background half of a ``sync="background"`` folder: fsync it all, then drop what it replaced."""
-    try:
-        _fsync_file(final / COMPLETE_MARKER)
-        _fsync_tree(final)
-        _fsync_dir(final.parent)
-    except FileNotFoundError:
-        pass  # moved or deleted by other code (an on_save callback): not a disk failure, nothing left to sync
-    except OSError as err:
-        raise _NotDurable(err) from err
+    """The background half of a ``sync="background"`` folder: fsync it all, then drop what it replaced.
+
+    Other code may touch the folder meanwhile (``on_save`` callbacks, a ``save_model`` override writing
+    into it): a file replaced under the walk means walking again; a folder gone means nothing to sync.
+    """
+    for _attempt in range(5):
+        try:
+            _fsync_file(final / COMPLETE_MARKER)
+            _fsync_tree(final)
+            _fsync_dir(final.parent)
+            break
+        except FileNotFoundError as err:
+            if not final.is_dir():
+                break  # moved or deleted by other code: not a disk failure
+            missing = err
+        except OSError as err:
+            raise _NotDurable(err) from err
+    else:
+        raise _NotDurable(missing)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     if after is not None:

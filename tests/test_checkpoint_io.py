@@ -421,3 +421,28 @@ def test_atomic_directory_names_its_sync_modes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sync must be 'before_rename' or 'background'"):
         with atomic_directory(tmp_path / "x", sync="later"):
             pass
+
+
+def test_a_file_replaced_while_the_background_thread_walks_the_folder_is_walked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save_model override may rewrite files in a folder being made durable; rotation still waits for it."""
+    from functools import partial
+
+    import hf_lightning.checkpoint_io as checkpoint_io
+
+    earlier = _checkpoint(tmp_path / "checkpoint-1")
+    real, synced, vanished = checkpoint_io._fsync_file, [], []
+
+    def fsync_file(path: Path) -> int:
+        if path.name == "optimizer.pt" and not vanished:  # as if replaced between the listing and the fsync
+            vanished.append(path)
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        synced.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(checkpoint_io, "_fsync_file", fsync_file)
+    final = _checkpoint(tmp_path / "checkpoint-2", sync="background", after_sync=partial(rotate_checkpoints, tmp_path, 1))
+    checkpoint_io.wait_for_durability()
+    assert vanished and "optimizer.pt" in synced and "config.json" in synced
+    assert list_checkpoints(tmp_path) == [final] and not earlier.exists()

@@ -191,11 +191,11 @@ def sync_soon(path: PathLike) -> None:
 
 
 class _NotDurable(Exception):
-    """A renamed-in-place folder whose fsync failed; carries the ``OSError``."""
+    """A renamed-in-place folder whose fsync failed; carries the ``OSError`` and the folder it replaced."""
 
-    def __init__(self, cause: OSError) -> None:
+    def __init__(self, cause: OSError, old: Path | None) -> None:
         super().__init__(str(cause))
-        self.cause = cause
+        self.cause, self.old = cause, old
 
 
 def _make_durable(final: Path, old: Path | None, after: Callable[[], Any] | None) -> None:
@@ -215,9 +215,9 @@ def _make_durable(final: Path, old: Path | None, after: Callable[[], Any] | None
                 break  # moved or deleted by other code: not a disk failure
             missing = err
         except OSError as err:
-            raise _NotDurable(err) from err
+            raise _NotDurable(err, old) from err
     else:
-        raise _NotDurable(missing)
+        raise _NotDurable(missing, old)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     if after is not None:
@@ -258,9 +258,11 @@ class _DurabilityQueue:
             try:
                 future.result()
             except _NotDurable as err:
-                if final.is_dir():  # not trusted after a failed fsync; earlier checkpoints are untouched
-                    with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # not trusted after a failed fsync
+                    if final.is_dir():
                         _remove_dir(final)
+                    if err.old is not None and err.old.is_dir():
+                        os.replace(err.old, final)  # the folder it replaced comes back, as write_failure says
                 raise write_failure(final, err.cause) from err.cause
 
 

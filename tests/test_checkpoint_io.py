@@ -446,3 +446,20 @@ def test_a_file_replaced_while_the_background_thread_walks_the_folder_is_walked_
     checkpoint_io.wait_for_durability()
     assert vanished and "optimizer.pt" in synced and "config.json" in synced
     assert list_checkpoints(tmp_path) == [final] and not earlier.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_a_failed_background_fsync_of_a_replacement_brings_the_replaced_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hf_lightning.checkpoint_io import CheckpointWriteError, wait_for_durability
+
+    with atomic_directory(tmp_path / "checkpoint-4") as tmp:
+        (tmp / "optimizer.pt").write_bytes(b"the first save")
+    _calls, release = _blocked_fsyncs(monkeypatch, fail_on="optimizer.pt")
+    _checkpoint(tmp_path / "checkpoint-4", sync="background")  # the same step saved again
+    release.set()
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        wait_for_durability()
+    assert (tmp_path / "checkpoint-4" / "optimizer.pt").read_bytes() == b"the first save"
+    assert is_complete_checkpoint(tmp_path / "checkpoint-4") and _hidden(tmp_path) == []

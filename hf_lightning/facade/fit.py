@@ -100,11 +100,11 @@ def train(trainer: Any, resume_from_checkpoint: str | bool | None, trial: Any) -
         try:
             trainer._pl_trainer.fit(trainer._module, train_dataloaders=train_loader, ckpt_path=ckpt_path)
         except BaseException:
-            trainer.is_in_train = False
             with contextlib.suppress(Exception):  # the training error is the one to report
                 wait_for_durability()
             raise
-        trainer.is_in_train = False
+        finally:
+            trainer.is_in_train = False
         # Every checkpoint on disk and rotated before anything reads or prunes the folder (or the run ends).
         wait_for_durability()
         trainer.state = trainer._bridge.host.state
